@@ -1,0 +1,3 @@
+from fmtrade.cli import main
+
+main()

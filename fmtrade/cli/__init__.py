@@ -1,0 +1,56 @@
+"""The ``fmtrade`` command line. Each command group lives in its own module."""
+
+from __future__ import annotations
+
+import sys
+
+import click
+import typer
+
+from fmtrade.cli.common import CliState, setup_logging
+from fmtrade.errors import FmtradeError
+
+app = typer.Typer(
+    name="fmtrade",
+    help="Time-series foundation models for crypto trading on Ray.",
+    no_args_is_help=True,
+    pretty_exceptions_enable=False,
+    add_completion=False,
+)
+
+
+@app.callback()
+def root(
+    config: str = typer.Option(None, "--config", envvar="FMTRADE_CONFIG", help="fmtrade.yaml to load."),
+    verbose: bool = typer.Option(False, "--verbose", "-v", help="Debug logging on stderr."),
+) -> None:
+    CliState.reset(config)
+    setup_logging(verbose)
+
+
+def _register() -> None:
+    """Attach the command modules (imported here so each stays independent)."""
+    from fmtrade.cli import data  # noqa: F401  (helpers add their groups below)
+
+    app.add_typer(data.app, name="data")
+
+
+_register()
+
+
+def main(argv: list[str] | None = None) -> None:
+    """Console entry point: user errors become one line on stderr and exit code 2."""
+    command = typer.main.get_command(app)
+    try:
+        command.main(args=argv, prog_name="fmtrade", standalone_mode=False)
+    except click.exceptions.Exit as exc:
+        sys.exit(exc.exit_code)
+    except click.exceptions.Abort:
+        sys.exit(130)
+    except click.ClickException as exc:
+        exc.show()
+        sys.exit(2)
+    except FmtradeError as exc:
+        typer.echo(f"error: {exc}", err=True)
+        sys.exit(2)
+    sys.exit(0)

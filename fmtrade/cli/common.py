@@ -1,0 +1,72 @@
+"""Helpers shared by every CLI command: settings, JSON output, clean failures.
+
+Results go to stdout (one JSON document with ``--json``); logs and progress go
+to stderr. User errors exit with code 2 and one line naming the field and reason.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import sys
+from typing import Any, NoReturn
+
+import typer
+
+from fmtrade.config import Settings, load_settings
+
+log = logging.getLogger("fmtrade")
+
+JSON_OPTION = typer.Option(False, "--json", help="Print one JSON document on stdout.")
+STORE_OPTION = typer.Option(None, "--store", help="Store root (path or URI); default $FMTRADE_STORE.")
+
+
+class CliState:
+    """Per-invocation state set by the root callback."""
+
+    config: str | None = None
+    _settings: Settings | None = None
+
+    @classmethod
+    def settings(cls) -> Settings:
+        if cls._settings is None:
+            cls._settings = load_settings(cls.config)
+        return cls._settings
+
+    @classmethod
+    def reset(cls, config: str | None) -> None:
+        cls.config = config
+        cls._settings = None
+
+
+def settings() -> Settings:
+    return CliState.settings()
+
+
+def emit_json(obj: Any) -> None:
+    sys.stdout.write(json.dumps(obj, default=str, allow_nan=False) + "\n")
+    sys.stdout.flush()
+
+
+def fail(message: str) -> NoReturn:
+    """Report a usage problem in one line and exit 2."""
+    typer.echo(f"error: {message}", err=True)
+    raise typer.Exit(2)
+
+
+def split_csv(value: str | None, field: str) -> list[str]:
+    """Parse a comma-separated option; empty items are an error naming the option."""
+    if value is None:
+        return []
+    items = [item.strip() for item in value.split(",")]
+    if not items or any(not item for item in items):
+        fail(f"{field}: expected a comma-separated list, got {value!r}")
+    return items
+
+
+def setup_logging(verbose: bool) -> None:
+    logging.basicConfig(
+        level=logging.DEBUG if verbose else logging.INFO,
+        stream=sys.stderr,
+        format="%(asctime)s %(levelname)s %(name)s: %(message)s",
+    )

@@ -1,0 +1,63 @@
+"""Atomic file writes: nothing on disk is ever left half written.
+
+Local paths are written to a temporary file in the destination directory and
+renamed over the target (rename is atomic on POSIX). Object stores (s3://...)
+publish an object only when its upload completes, so a plain fsspec write is
+already all-or-nothing there.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import tempfile
+from collections.abc import Callable
+from pathlib import Path
+from typing import IO, Any
+
+import fsspec
+import pyarrow as pa
+import pyarrow.parquet as pq
+
+
+def is_remote(uri: str | os.PathLike[str]) -> bool:
+    """True for fsspec URIs with a non-local protocol (s3://, gs://, memory://...)."""
+    text = str(uri)
+    return "://" in text and not text.startswith("file://")
+
+
+def atomic_write(path: str | os.PathLike[str], writer: Callable[[IO[bytes]], Any]) -> None:
+    """Call ``writer`` with a binary file object and publish the result atomically at ``path``."""
+    text = str(path)
+    if is_remote(text):
+        with fsspec.open(text, "wb") as handle:
+            writer(handle)
+        return
+    target = Path(text.removeprefix("file://"))
+    target.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(prefix=f".{target.name}.", suffix=".tmp", dir=target.parent)
+    try:
+        with os.fdopen(fd, "wb") as handle:
+            writer(handle)
+            handle.flush()
+            os.fsync(handle.fileno())
+        os.replace(tmp, target)
+    except BaseException:
+        Path(tmp).unlink(missing_ok=True)
+        raise
+
+
+def write_bytes_atomic(path: str | os.PathLike[str], data: bytes) -> None:
+    atomic_write(path, lambda handle: handle.write(data))
+
+
+def write_text_atomic(path: str | os.PathLike[str], text: str) -> None:
+    write_bytes_atomic(path, text.encode("utf-8"))
+
+
+def write_json_atomic(path: str | os.PathLike[str], obj: Any, indent: int = 2) -> None:
+    write_text_atomic(path, json.dumps(obj, indent=indent, default=str) + "\n")
+
+
+def write_parquet_atomic(path: str | os.PathLike[str], table: pa.Table) -> None:
+    atomic_write(path, lambda handle: pq.write_table(table, handle))
