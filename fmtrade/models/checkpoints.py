@@ -1,0 +1,45 @@
+"""Where a model's weights come from: a local directory (the zoo) or a hub id.
+
+Loading always goes through the model library's own ``from_pretrained``; this
+module only decides which string to hand it and turns a failed hub download
+into a message that points at the offline zoo instead of falling back silently.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from pathlib import Path
+from typing import TypeVar
+
+from fmtrade.errors import FmtradeError
+
+T = TypeVar("T")
+
+
+class ModelLoadError(FmtradeError):
+    """A checkpoint could not be loaded (missing local directory, or hub unreachable)."""
+
+
+def is_local(checkpoint: str) -> bool:
+    """Paths (absolute, relative, ~) are local; ``owner/name`` that does not exist on disk is a hub id."""
+    path = Path(checkpoint).expanduser()
+    return path.exists() or checkpoint.startswith((".", "/", "~"))
+
+
+def load_with_hint(checkpoint: str, loader: Callable[[str], T], model: str) -> T:
+    """Run ``loader(checkpoint)``; on failure raise ModelLoadError saying what to do."""
+    local = is_local(checkpoint)
+    source = str(Path(checkpoint).expanduser()) if local else checkpoint
+    if local and not Path(source).exists():
+        raise ModelLoadError(
+            f"{model}: checkpoint directory {source} does not exist; build the local zoo with `fmtrade models build`"
+        )
+    try:
+        return loader(source)
+    except (OSError, ValueError, RuntimeError) as exc:
+        if local:
+            raise ModelLoadError(f"{model}: failed to load checkpoint {source}: {exc}") from exc
+        raise ModelLoadError(
+            f"{model}: could not load hub id {checkpoint!r} ({type(exc).__name__}: {exc}). Without internet, "
+            "use the local zoo: `fmtrade models build` and the `local` registry profile (models.profile: local)"
+        ) from exc
