@@ -61,3 +61,18 @@ def write_json_atomic(path: str | os.PathLike[str], obj: Any, indent: int = 2) -
 
 def write_parquet_atomic(path: str | os.PathLike[str], table: pa.Table) -> None:
     atomic_write(path, lambda handle: pq.write_table(table, handle))
+
+
+def write_dir_atomic(path: str | os.PathLike[str], writer: Callable[[Path], Any]) -> Path:
+    """Let ``writer`` fill a scratch directory beside ``path`` and rename it to ``path`` when complete
+    (model checkpoints: several files that only make sense together). ``path`` must not exist yet."""
+    target = Path(path)
+    if target.exists():
+        raise FileExistsError(f"{target} already exists")
+    target.parent.mkdir(parents=True, exist_ok=True)
+    with tempfile.TemporaryDirectory(prefix=f".{target.name}.", dir=target.parent) as tmp:
+        build = Path(tmp) / target.name
+        build.mkdir()
+        writer(build)
+        build.rename(target)
+    return target

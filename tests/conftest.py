@@ -32,3 +32,34 @@ def port() -> int:
 
 
 needs_shared = pytest.mark.skipif(not SHARED_DATA.exists(), reason="../shared/data is not present (fresh clone)")
+
+
+@pytest.fixture(scope="session")
+def market_store(tmp_path_factory: pytest.TempPathFactory):
+    """A store with two synthetic linear symbols: 2500 hourly bars from 2022-01-01, their 8-hourly
+    funding, and 450 hourly open-interest points (written once per session; treat as read-only)."""
+    import numpy as np
+    import pandas as pd
+
+    from fmtrade.data.store import Store
+    from fmtrade.data.synthetic import SyntheticSpec, synthesize
+
+    store = Store(str(tmp_path_factory.mktemp("market-store")))
+    market = synthesize(["AAAUSDT", "BBBUSDT"], SyntheticSpec(hours=2500, start="2022-01-01", seed=7))
+    for symbol, bars in market.bars.items():
+        store.write_bars("linear", symbol, "60", bars)
+        store.write_funding("linear", symbol, market.funding[symbol])
+        index = bars.index[:450]
+        store.write_open_interest("linear", symbol, "1h", pd.DataFrame({"open_interest": np.linspace(1e6, 2e6, 450)},
+                                                                      index=index))
+    return store
+
+
+def run_cli(argv: list[str], capsys: pytest.CaptureFixture[str]) -> tuple[int, str, str]:
+    """Run the real ``fmtrade`` entry point in-process; returns (exit code, stdout, stderr)."""
+    from fmtrade.cli import main
+
+    with pytest.raises(SystemExit) as info:
+        main(argv)
+    out, err = capsys.readouterr()
+    return int(info.value.code or 0), out, err

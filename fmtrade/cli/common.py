@@ -70,3 +70,22 @@ def setup_logging(verbose: bool) -> None:
         stream=sys.stderr,
         format="%(asctime)s %(levelname)s %(name)s: %(message)s",
     )
+    # httpx logs every request at INFO; keep stderr for fmtrade's own progress unless debugging.
+    logging.getLogger("httpx").setLevel(logging.DEBUG if verbose else logging.WARNING)
+
+
+def print_table(rows: list[dict[str, Any]], columns: list[str], title: str | None = None) -> None:
+    """Human output: ``rows`` as a rich table on stdout (floats to 4 significant digits, None as -)."""
+    from rich.console import Console
+    from rich.table import Table
+
+    table = Table(title=title)
+    for column in columns:
+        table.add_column(column)
+    for row in rows:
+        cells = (row.get(c) for c in columns)
+        table.add_row(*("-" if v is None else f"{v:.4g}" if isinstance(v, float) else str(v) for v in cells))
+    console = Console()
+    if not console.is_terminal:  # piped: do not squeeze wide tables into 80 columns
+        console = Console(width=max(console.width, 200))
+    console.print(table)

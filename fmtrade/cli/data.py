@@ -1,0 +1,178 @@
+"""``fmtrade data``: sync bars from Bybit, import files, inspect the store, synthesise markets, replay."""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+from contextlib import contextmanager
+
+import typer
+
+from fmtrade.cli.common import JSON_OPTION, STORE_OPTION, emit_json, fail, print_table, settings, split_csv
+from fmtrade.data.intervals import check_category, check_interval
+from fmtrade.data.store import Progress, Store, iso, require_bars, to_utc
+
+app = typer.Typer(help="Market data: sync, import, show, synth, replay.", no_args_is_help=True)
+
+INTERVAL_OPTION = typer.Option(None, "--interval", help="Bybit interval (1 3 5 15 30 60 120 240 360 720 D W M).")
+CATEGORY_HELP = "linear, inverse or spot"
+
+
+def open_store(store: str | None) -> Store:
+    return Store(settings().store_uri(store))
+
+
+@contextmanager
+def progress_bar(enabled: bool = True) -> Iterator[Progress | None]:
+    """A rich progress bar on stderr, one task per symbol; yields the callback :meth:`Store.sync` expects."""
+    if not enabled:
+        yield None
+        return
+    from rich.console import Console
+    from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeRemainingColumn
+
+    tasks: dict[str, int] = {}
+    columns = (TextColumn("{task.description}"), BarColumn(), MofNCompleteColumn(), TimeRemainingColumn())
+    with Progress(*columns, console=Console(stderr=True)) as bar:
+
+        def update(symbol: str, done: int, expected: int) -> None:
+            if symbol not in tasks:
+                tasks[symbol] = bar.add_task(symbol, total=max(expected, 1))
+            bar.update(tasks[symbol], completed=min(done, expected), total=max(expected, 1))
+
+        yield update
+
+
+@app.command()
+def sync(
+    symbols: str = typer.Option(..., "--symbols", help="Comma-separated symbols, e.g. BTCUSDT,ETHUSDT."),
+    interval: str = INTERVAL_OPTION,
+    category: str = typer.Option(None, "--category", help=CATEGORY_HELP),
+    start: str = typer.Option(..., "--start", help="First bar to hold (ISO date/time, UTC)."),
+    end: str = typer.Option(None, "--end", help="Last bar to hold (default: the last closed bar)."),
+    base_url: str = typer.Option(None, "--base-url", help="Bybit or replay server URL (default data.base_url)."),
+    no_funding: bool = typer.Option(False, "--no-funding", help="Skip funding rates (linear/inverse)."),
+    open_interest: str = typer.Option(None, "--open-interest", help="Also sync open interest: 5min ... 1h 4h 1d."),
+    store: str = STORE_OPTION,
+    as_json: bool = JSON_OPTION,
+) -> None:
+    """Fetch only the missing bars (and funding) for each symbol, committing page by page."""
+    from fmtrade.data.bybit import BybitClient
+
+    cfg = settings()
+    names = split_csv(symbols, "--symbols")
+    interval = check_interval(interval or cfg.data.interval, "--interval")
+    category = check_category(category or cfg.data.category, "--category")
+    lo, hi = to_utc(start, "--start"), to_utc(end, "--end")
+    if hi is not None and hi < lo:
+        fail(f"--end: {end} is before --start {start}")
+    st = open_store(store)
+    with BybitClient.from_settings(cfg.data, base_url) as client, progress_bar() as progress:
+        report = st.sync(
+            client, category, names, interval, lo, hi, funding=not no_funding, open_interest=open_interest,
+            progress=progress,
+        )
+    if as_json:
+        emit_json(report.to_dict())
+        return
+    rows = [s.to_dict() | {"bars/s": round(s.fetched_bars / s.seconds) if s.seconds else 0} for s in report.symbols]
+    print_table(rows, ["symbol", "new_bars", "new_funding", "rows", "last", "gaps", "bars/s"],
+                title=f"sync {category} {interval} into {st.root}")
+
+
+@app.command("import")
+def import_(
+    path: str = typer.Argument(..., help="CSV or parquet file with timestamp, open, high, low, close, volume."),
+    symbol: str = typer.Option(..., "--symbol"),
+    interval: str = INTERVAL_OPTION,
+    category: str = typer.Option("spot", "--category", help=CATEGORY_HELP),
+    store: str = STORE_OPTION,
+    as_json: bool = JSON_OPTION,
+) -> None:
+    """Validate a whole file, then merge it into the store; a bad row rejects the file and writes nothing."""
+    from fmtrade.data.importer import import_file
+
+    interval = check_interval(interval or settings().data.interval, "--interval")
+    result = import_file(open_store(store), path, symbol, interval, check_category(category, "--category"))
+    if as_json:
+        emit_json(result.to_dict())
+    else:
+        print_table([{"field": k, "value": v} for k, v in result.to_dict().items()], ["field", "value"],
+                    title="imported")
+
+
+@app.command()
+def show(
+    symbol: str = typer.Option(..., "--symbol"),
+    interval: str = INTERVAL_OPTION,
+    category: str = typer.Option(None, "--category", help=f"{CATEGORY_HELP} (default: the only one stored)"),
+    store: str = STORE_OPTION,
+    as_json: bool = JSON_OPTION,
+) -> None:
+    """Rows, first and last bar, and every gap (run of missing bars) of one stored series."""
+    cfg = settings()
+    interval = check_interval(interval or cfg.data.interval, "--interval")
+    st = open_store(store)
+    if category is None:
+        stored = {k.category for k in st.series() if k.symbol == symbol and k.interval == interval}
+        category = stored.pop() if len(stored) == 1 else cfg.data.category
+    category = check_category(category, "--category")
+    bars = require_bars(st, symbol, interval, category)
+    gaps = [g.to_dict() for g in st.gaps(symbol, interval, category)]
+    doc = {
+        "symbol": symbol, "category": category, "interval": interval, "rows": len(bars),
+        "first": iso(bars.index[0]), "last": iso(bars.index[-1]),
+        "missing_bars": sum(g["missing_bars"] for g in gaps), "gaps": gaps,
+    }  # fmt: skip
+    if as_json:
+        emit_json(doc)
+        return
+    summary = [{"field": key, "value": value} for key, value in doc.items() if key != "gaps"]
+    print_table(summary, ["field", "value"], title=st.root)
+    if gaps:
+        print_table(gaps, ["start", "end", "missing_bars"], title=f"{len(gaps)} gap(s)")
+
+
+@app.command()
+def synth(
+    symbols: str = typer.Option("SYNA,SYNB,SYNC", "--symbols"),
+    hours: int = typer.Option(20_000, "--hours", min=2),
+    seed: int = typer.Option(0, "--seed"),
+    start: str = typer.Option("2022-01-01", "--start", help="Open time of the first bar (UTC)."),
+    correlation: float = typer.Option(0.6, "--correlation", help="Target correlation between assets."),
+    category: str = typer.Option("linear", "--category", help=CATEGORY_HELP),
+    store: str = STORE_OPTION,
+    as_json: bool = JSON_OPTION,
+) -> None:
+    """Write a seeded synthetic market (hourly bars, plus funding for linear/inverse) into the store."""
+    from fmtrade.data.synthetic import SyntheticSpec, synthesize
+
+    category = check_category(category, "--category")
+    names = split_csv(symbols, "--symbols")
+    market = synthesize(names, SyntheticSpec(hours=hours, seed=seed, start=start, correlation=correlation))
+    st = open_store(store)
+    rows = []
+    for name in names:
+        bars = market.bars[name]
+        new = st.write_bars(category, name, "60", bars)
+        funding = st.write_funding(category, name, market.funding[name]) if category != "spot" else 0
+        rows.append({"symbol": name, "category": category, "interval": "60", "rows": len(bars), "new_bars": new,
+                     "funding_rows": funding, "first": iso(bars.index[0]), "last": iso(bars.index[-1])})
+    if as_json:
+        emit_json({"store": st.root, "seed": seed, "series": rows})
+    else:
+        print_table(rows, ["symbol", "category", "rows", "new_bars", "funding_rows", "first", "last"],
+                    title=f"synthetic market (seed {seed}) in {st.root}")
+
+
+@app.command()
+def replay(
+    host: str = typer.Option("127.0.0.1", "--host"),
+    port: int = typer.Option(8099, "--port", min=0, max=65535),
+    store: str = STORE_OPTION,
+) -> None:
+    """Serve the store over a Bybit-v5-compatible HTTP API until interrupted."""
+    from fmtrade.data.replay import ReplayServer
+
+    st = open_store(store)
+    typer.echo(f"serving {st.root} as Bybit v5 on http://{host}:{port} (Ctrl-C to stop)", err=True)
+    ReplayServer(st, host=host, port=port).run()

@@ -1,0 +1,454 @@
+"""Parquet store of bars, funding rates and open interest, on a local path or any fsspec URI.
+
+Layout (hive-style, so pyarrow.dataset, duckdb or polars can read it directly)::
+
+    root/bars/category=linear/symbol=BTCUSDT/interval=60/2024.parquet
+    root/funding/category=linear/symbol=BTCUSDT/2024.parquet
+    root/open_interest/category=linear/symbol=BTCUSDT/interval_time=1h/2024.parquet
+
+Why one file per calendar period (a month for sub-hourly bars, a year otherwise):
+a sync commits page by page, and a commit rewrites only the period files the page
+touches (one or two, each at most ~45k rows), never the whole history. Every file
+is replaced atomically (temp file + rename locally, one PUT on S3, see
+:mod:`fmtrade.io`), so a kill mid-sync leaves every file either old or new, and
+readers list only ``*.parquet`` (temp files are hidden ``.name.*.tmp``). Files of
+a page are written in time order (newest first when back-filling), so an
+interrupted commit still leaves a contiguous series. Reads of a window open only
+the files that overlap it. One writer per series at a time is assumed.
+"""
+
+from __future__ import annotations
+
+import logging
+import time
+from collections import namedtuple
+from collections.abc import Callable, Iterable
+from dataclasses import asdict, dataclass, field
+from typing import Any, Protocol
+
+import fsspec
+import numpy as np
+import pandas as pd
+import pyarrow as pa
+import pyarrow.parquet as pq
+
+from fmtrade.data.bybit import parse_time
+from fmtrade.data.intervals import check_category, check_interval, interval_offset
+from fmtrade.errors import DataError, InputError
+from fmtrade.io import write_parquet_atomic
+
+log = logging.getLogger(__name__)
+
+BAR_COLUMNS: tuple[str, ...] = ("open", "high", "low", "close", "volume", "turnover")
+FUNDING_COLUMNS: tuple[str, ...] = ("funding_rate",)
+OI_COLUMNS: tuple[str, ...] = ("open_interest",)
+OI_INTERVALS: tuple[str, ...] = ("5min", "15min", "30min", "1h", "4h", "1d")
+FUNDED_CATEGORIES: tuple[str, ...] = ("linear", "inverse")
+
+SeriesKey = namedtuple("SeriesKey", ["category", "symbol", "interval"])
+TimeLike = str | pd.Timestamp | None
+
+_ARROW_TS = pa.timestamp("ms", tz="UTC")
+
+
+@dataclass(frozen=True)
+class Gap:
+    """A run of missing bars: ``start`` and ``end`` are the open times of the first and last missing bar."""
+
+    start: pd.Timestamp
+    end: pd.Timestamp
+    missing_bars: int
+
+    def to_dict(self) -> dict[str, Any]:
+        return {"start": iso(self.start), "end": iso(self.end), "missing_bars": self.missing_bars}
+
+
+class KlineSource(Protocol):
+    """What :meth:`Store.sync` needs from a market data client (``BybitClient`` satisfies it)."""
+
+    def server_time(self) -> pd.Timestamp: ...
+    def iter_klines(self, category: str, symbol: str, interval: str, start: Any,
+                    end: Any) -> Iterable[pd.DataFrame]: ...
+    def klines(self, category: str, symbol: str, interval: str, start: Any, end: Any) -> pd.DataFrame: ...
+    def funding_history(self, category: str, symbol: str, start: Any, end: Any) -> pd.DataFrame: ...
+    def open_interest(self, category: str, symbol: str, interval_time: str, start: Any,
+                      end: Any) -> pd.DataFrame: ...
+
+
+Progress = Callable[[str, int, int], None]
+"""Called as ``progress(symbol, bars_done, bars_expected)`` after each committed page."""
+
+
+@dataclass
+class SymbolSync:
+    symbol: str
+    fetched_bars: int = 0
+    new_bars: int = 0
+    pages: int = 0
+    new_funding: int = 0
+    new_open_interest: int = 0
+    rows: int = 0
+    first: pd.Timestamp | None = None
+    last: pd.Timestamp | None = None
+    gaps: int = 0
+    seconds: float = 0.0
+
+    def to_dict(self) -> dict[str, Any]:
+        out = asdict(self)
+        out["first"], out["last"] = iso(self.first), iso(self.last)
+        return out
+
+
+@dataclass
+class SyncReport:
+    category: str
+    interval: str
+    symbols: list[SymbolSync] = field(default_factory=list)
+
+    @property
+    def fetched_bars(self) -> int:
+        return sum(s.fetched_bars for s in self.symbols)
+
+    @property
+    def new_bars(self) -> int:
+        return sum(s.new_bars for s in self.symbols)
+
+    @property
+    def seconds(self) -> float:
+        return sum(s.seconds for s in self.symbols)
+
+    @property
+    def bars_per_s(self) -> float:
+        return self.fetched_bars / self.seconds if self.seconds > 0 else 0.0
+
+    def to_dict(self) -> dict[str, Any]:
+        return {
+            "category": self.category,
+            "interval": self.interval,
+            "fetched_bars": self.fetched_bars,
+            "new_bars": self.new_bars,
+            "seconds": round(self.seconds, 3),
+            "bars_per_s": round(self.bars_per_s, 1),
+            "symbols": [s.to_dict() for s in self.symbols],
+        }
+
+
+def iso(ts: pd.Timestamp | None) -> str | None:
+    """ISO-8601 UTC with a ``Z`` suffix (what every JSON output of fmtrade uses)."""
+    return None if ts is None else pd.Timestamp(ts).tz_convert("UTC").strftime("%Y-%m-%dT%H:%M:%SZ")
+
+
+def to_utc(value: TimeLike, field_name: str = "time") -> pd.Timestamp | None:
+    """Optional user time -> UTC Timestamp (ISO string, Timestamp or epoch ms; naive means UTC)."""
+    return None if value is None else parse_time(value, field_name)
+
+
+def bar_open(ts: pd.Timestamp, interval: str) -> pd.Timestamp:
+    """Open time of the bar containing ``ts`` (Bybit: weeks open Monday 00:00 UTC, months on the 1st)."""
+    interval = check_interval(interval)
+    ts = pd.Timestamp(ts).tz_convert("UTC")
+    if interval == "M":
+        return ts.normalize().replace(day=1)
+    if interval == "W":
+        return ts.normalize() - pd.Timedelta(days=ts.weekday())
+    if interval == "D":
+        return ts.normalize()
+    return ts.floor(f"{int(interval)}min")
+
+
+def first_bar_at_or_after(ts: pd.Timestamp, interval: str) -> pd.Timestamp:
+    opened = bar_open(ts, interval)
+    return opened if opened == ts else opened + interval_offset(interval)
+
+
+def bar_grid(start: pd.Timestamp, end: pd.Timestamp, interval: str) -> pd.DatetimeIndex:
+    """Every bar open time from ``start`` to ``end`` inclusive (``start`` must be aligned)."""
+    freq = "MS" if interval == "M" else interval_offset(interval)
+    return pd.date_range(start, end, freq=freq, name="timestamp")
+
+
+def empty_frame(columns: Iterable[str]) -> pd.DataFrame:
+    index = pd.DatetimeIndex([], tz="UTC", name="timestamp").as_unit("ns")
+    return pd.DataFrame({c: pd.Series(dtype="float64") for c in columns}, index=index)
+
+
+def _monthly(interval: str | None) -> bool:
+    return interval is not None and interval.isdigit() and int(interval) < 60
+
+
+def _period_key(index: pd.DatetimeIndex, monthly: bool) -> np.ndarray:
+    return np.asarray(index.strftime("%Y-%m" if monthly else "%Y"))
+
+
+def _period_span(stem: str) -> tuple[pd.Timestamp, pd.Timestamp]:
+    """[start, end) covered by a period file named ``2024`` or ``2024-01``."""
+    start = pd.Timestamp(stem + ("-01" if len(stem) == 4 else "") + "-01", tz="UTC")
+    end = start + (pd.offsets.YearBegin(1) if len(stem) == 4 else pd.offsets.MonthBegin(1))
+    return start, end
+
+
+def _conform(df: pd.DataFrame, columns: tuple[str, ...], what: str) -> pd.DataFrame:
+    """Check the frame is UTC-indexed with the store's columns; return float64 columns, sorted and deduped."""
+    if not isinstance(df.index, pd.DatetimeIndex) or df.index.tz is None:
+        raise InputError(what, "index must be a tz-aware DatetimeIndex of bar open times")
+    missing = [c for c in columns if c not in df.columns]
+    if missing:
+        raise InputError(what, f"missing column(s) {', '.join(missing)}")
+    out = df.loc[:, list(columns)].astype("float64")
+    out.index = df.index.tz_convert("UTC").as_unit("ns").rename("timestamp")
+    out = out[~out.index.duplicated(keep="last")]
+    return out.sort_index()
+
+
+class Store:
+    """Market data store rooted at a local directory or an fsspec URI (``s3://bucket/prefix``)."""
+
+    def __init__(self, root: str) -> None:
+        self.root = str(root).rstrip("/")
+        self.fs, self._base = fsspec.core.url_to_fs(self.root)
+
+    def __repr__(self) -> str:
+        return f"Store({self.root!r})"
+
+    # Paths -----------------------------------------------------------------------------
+    def _bars_dir(self, category: str, symbol: str, interval: str) -> str:
+        check_category(category)
+        check_interval(interval)
+        return f"{self._base}/bars/category={category}/symbol={symbol}/interval={interval}"
+
+    def _funding_dir(self, category: str, symbol: str) -> str:
+        return f"{self._base}/funding/category={check_category(category)}/symbol={symbol}"
+
+    def _oi_dir(self, category: str, symbol: str, interval_time: str) -> str:
+        if interval_time not in OI_INTERVALS:
+            raise InputError("interval_time", f"{interval_time!r} is not one of {', '.join(OI_INTERVALS)}")
+        category = check_category(category)
+        return f"{self._base}/open_interest/category={category}/symbol={symbol}/interval_time={interval_time}"
+
+    def _files(self, directory: str) -> list[str]:
+        """Committed period files of a series, oldest first (temp files never match)."""
+        self.fs.invalidate_cache(directory)
+        return sorted(self.fs.glob(f"{directory}/*.parquet"))
+
+    # Low-level read/write --------------------------------------------------------------
+    def _read_file(self, path: str, columns: list[str] | None = None) -> pd.DataFrame:
+        with self.fs.open(path, "rb") as handle:
+            table = pq.read_table(handle, columns=columns)
+        frame = table.to_pandas()
+        frame.index = pd.DatetimeIndex(frame.pop("timestamp")).as_unit("ns").rename("timestamp")
+        return frame
+
+    def _read(self, directory: str, columns: tuple[str, ...], start: TimeLike, end: TimeLike) -> pd.DataFrame:
+        lo, hi = to_utc(start, "start"), to_utc(end, "end")
+        parts = []
+        for path in self._files(directory):
+            span_lo, span_hi = _period_span(path.rsplit("/", 1)[-1].removesuffix(".parquet"))
+            if (hi is not None and span_lo > hi) or (lo is not None and span_hi <= lo):
+                continue
+            parts.append(self._read_file(path))
+        if not parts:
+            return empty_frame(columns)
+        frame = pd.concat(parts).loc[:, list(columns)]
+        return frame.loc[lo:hi] if lo is not None or hi is not None else frame
+
+    def _write(self, directory: str, df: pd.DataFrame, columns: tuple[str, ...], monthly: bool,
+               newest_first: bool = False) -> int:
+        """Merge ``df`` into the period files (new rows win on equal timestamps); return rows added."""
+        df = _conform(df, columns, "data")
+        if df.empty:
+            return 0
+        added = 0
+        groups = list(df.groupby(_period_key(df.index, monthly), sort=True))
+        for key, part in reversed(groups) if newest_first else groups:
+            path = f"{directory}/{key}.parquet"
+            old = self._read_file(path) if self.fs.exists(path) else None
+            merged = part if old is None else pd.concat([old, part])
+            merged = merged[~merged.index.duplicated(keep="last")].sort_index()
+            if old is not None and merged.equals(old):
+                continue
+            added += len(merged) - (0 if old is None else len(old))
+            table = pa.Table.from_pandas(merged.reset_index(), preserve_index=False)
+            table = table.set_column(0, "timestamp", table.column("timestamp").cast(_ARROW_TS))
+            write_parquet_atomic(self.fs.unstrip_protocol(path), table)
+        return added
+
+    def _bounds(self, directory: str) -> tuple[pd.Timestamp, pd.Timestamp] | None:
+        """First and last stored timestamp, reading only the first and last file's time column."""
+        files = self._files(directory)
+        if not files:
+            return None
+        first = self._read_file(files[0], columns=["timestamp"]).index
+        last = first if len(files) == 1 else self._read_file(files[-1], columns=["timestamp"]).index
+        return first[0], last[-1]
+
+    # Bars -------------------------------------------------------------------------------
+    def read(self, symbol: str, interval: str, start: TimeLike = None, end: TimeLike = None,
+             category: str = "linear") -> pd.DataFrame:
+        """Bars with open time in [start, end] (both inclusive), indexed by UTC open time; empty if none."""
+        return self._read(self._bars_dir(category, symbol, interval), BAR_COLUMNS, start, end)
+
+    def write_bars(self, category: str, symbol: str, interval: str, df: pd.DataFrame) -> int:
+        """Merge bars into the store (dedupe on timestamp, new wins; sorted; atomic per file). Returns bars added."""
+        return self._write(self._bars_dir(category, symbol, interval), df, BAR_COLUMNS, _monthly(interval))
+
+    def bounds(self, symbol: str, interval: str, category: str = "linear") -> tuple[pd.Timestamp, pd.Timestamp] | None:
+        return self._bounds(self._bars_dir(category, symbol, interval))
+
+    def gaps(self, symbol: str, interval: str, category: str = "linear", start: TimeLike = None,
+             end: TimeLike = None) -> list[Gap]:
+        """Runs of missing bars between ``start`` (default: first stored bar) and ``end`` (default: last).
+
+        Only reports; the store never fills a gap with invented bars.
+        """
+        interval = check_interval(interval)
+        index = self.read(symbol, interval, start, end, category).index
+        lo = first_bar_at_or_after(to_utc(start), interval) if start is not None else None
+        hi = bar_open(to_utc(end), interval) if end is not None else None
+        lo = lo if lo is not None else (index[0] if len(index) else None)
+        hi = hi if hi is not None else (index[-1] if len(index) else None)
+        if lo is None or hi is None or lo > hi:
+            return []
+        grid = bar_grid(lo, hi, interval)
+        missing = grid.difference(index)
+        if missing.empty:
+            return []
+        positions = grid.get_indexer(missing)
+        breaks = np.flatnonzero(np.diff(positions) != 1) + 1
+        return [Gap(run[0], run[-1], len(run)) for run in np.split(missing, breaks)]
+
+    def series(self) -> list[SeriesKey]:
+        """Every stored bar series."""
+        self.fs.invalidate_cache()
+        keys = set()
+        for path in self.fs.glob(f"{self._base}/bars/category=*/symbol=*/interval=*/*.parquet"):
+            parts = dict(p.split("=", 1) for p in path.split("/")[-4:-1])
+            keys.add(SeriesKey(parts["category"], parts["symbol"], parts["interval"]))
+        return sorted(keys)
+
+    # Funding and open interest ----------------------------------------------------------
+    def read_funding(self, symbol: str, category: str = "linear", start: TimeLike = None,
+                     end: TimeLike = None) -> pd.DataFrame:
+        return self._read(self._funding_dir(category, symbol), FUNDING_COLUMNS, start, end)
+
+    def write_funding(self, category: str, symbol: str, df: pd.DataFrame) -> int:
+        return self._write(self._funding_dir(category, symbol), df, FUNDING_COLUMNS, monthly=False)
+
+    def read_open_interest(self, symbol: str, interval_time: str, category: str = "linear",
+                           start: TimeLike = None, end: TimeLike = None) -> pd.DataFrame:
+        return self._read(self._oi_dir(category, symbol, interval_time), OI_COLUMNS, start, end)
+
+    def write_open_interest(self, category: str, symbol: str, interval_time: str, df: pd.DataFrame) -> int:
+        return self._write(self._oi_dir(category, symbol, interval_time), df, OI_COLUMNS, monthly=False)
+
+    # Sync -------------------------------------------------------------------------------
+    def sync(self, client: KlineSource, category: str, symbols: Iterable[str], interval: str, start: TimeLike,
+             end: TimeLike = None, *, funding: bool = True, open_interest: str | None = None,
+             progress: Progress | None = None) -> SyncReport:
+        """Fetch only the bars missing at either end of each stored series, committing page by page.
+
+        The bar still open at the exchange's clock (``client.server_time()``) is never stored.
+        Holes inside the stored range are exchange outages; they are reported by :meth:`gaps`,
+        not refetched on every sync. For linear/inverse, funding (``funding``) and open interest
+        sampled every ``open_interest`` (e.g. ``"1h"``) are synced over the same range.
+        """
+        category, interval = check_category(category), check_interval(interval)
+        if open_interest is not None and open_interest not in OI_INTERVALS:
+            raise InputError("open_interest", f"{open_interest!r} is not one of {', '.join(OI_INTERVALS)}")
+        lo = to_utc(start, "start")
+        if lo is None:
+            raise InputError("start", "a start time is required")
+        open_bar = bar_open(client.server_time(), interval)
+        last_closed = open_bar - interval_offset(interval)
+        hi = last_closed if end is None else min(bar_open(to_utc(end, "end"), interval), last_closed)
+        lo = first_bar_at_or_after(lo, interval)
+        report = SyncReport(category, interval)
+        for symbol in symbols:
+            result = self._sync_symbol(client, category, symbol, interval, lo, hi, progress)
+            if category in FUNDED_CATEGORIES:
+                until = hi + interval_offset(interval)
+                if funding:
+                    result.new_funding = self._sync_records(
+                        self._funding_dir(category, symbol), FUNDING_COLUMNS, lo, until,
+                        lambda a, b, s=symbol: client.funding_history(category, s, a, b))
+                if open_interest is not None:
+                    result.new_open_interest = self._sync_records(
+                        self._oi_dir(category, symbol, open_interest), OI_COLUMNS, lo, until,
+                        lambda a, b, s=symbol: client.open_interest(category, s, open_interest, a, b))
+            report.symbols.append(result)
+        return report
+
+    def _sync_symbol(self, client: KlineSource, category: str, symbol: str, interval: str, lo: pd.Timestamp,
+                     hi: pd.Timestamp, progress: Progress | None) -> SymbolSync:
+        began = time.perf_counter()
+        result = SymbolSync(symbol)
+        directory = self._bars_dir(category, symbol, interval)
+        self._remove_orphans(directory)
+        step = interval_offset(interval)
+        bounds = self._bounds(directory)
+        forward_from = lo if bounds is None else max(lo, bounds[1] + step)
+        backfill_to = None if bounds is None or lo >= bounds[0] else bounds[0] - step
+        expected = (len(bar_grid(forward_from, hi, interval)) if forward_from <= hi else 0) + (
+            len(bar_grid(lo, backfill_to, interval)) if backfill_to is not None else 0)
+
+        def commit(page: pd.DataFrame, upper: pd.Timestamp, newest_first: bool) -> None:
+            page = page.loc[(page.index >= lo) & (page.index <= upper)]
+            result.fetched_bars += len(page)
+            result.new_bars += self._write(directory, page, BAR_COLUMNS, _monthly(interval), newest_first)
+            result.pages += 1
+            if progress is not None:
+                progress(symbol, result.fetched_bars, expected)
+
+        if forward_from <= hi:
+            for page in client.iter_klines(category, symbol, interval, forward_from, hi):
+                commit(page, hi, newest_first=False)
+        if backfill_to is not None:
+            # Newest window first, and always up to the first stored bar (whatever ``end`` says), so
+            # even an interrupted back-fill leaves one contiguous series.
+            window_hi = backfill_to
+            while window_hi >= lo:
+                window_lo = max(lo, window_hi - 999 * step)
+                page = client.klines(category, symbol, interval, window_lo, window_hi)
+                if page.empty:  # before the instrument was listed
+                    break
+                commit(page, backfill_to, newest_first=True)
+                window_hi = window_lo - step
+        index = self.read(symbol, interval, category=category).index
+        result.rows = len(index)
+        if len(index):
+            result.first, result.last = index[0], index[-1]
+            result.gaps = len(self.gaps(symbol, interval, category))
+        result.seconds = time.perf_counter() - began
+        log.info("synced %s/%s/%s: %d bars fetched, %d new", category, symbol, interval, result.fetched_bars,
+                 result.new_bars)
+        return result
+
+    def _sync_records(self, directory: str, columns: tuple[str, ...], lo: pd.Timestamp, hi: pd.Timestamp,
+                      fetch: Callable[[pd.Timestamp, pd.Timestamp], pd.DataFrame]) -> int:
+        """Timestamped records (funding, open interest) in [lo, hi), fetched only beyond what is stored."""
+        bounds = self._bounds(directory)
+        one_ms = pd.Timedelta(milliseconds=1)
+        ranges = [(lo, hi - one_ms)] if bounds is None else [(max(lo, bounds[1] + one_ms), hi - one_ms)]
+        if bounds is not None and lo < bounds[0]:
+            ranges.append((lo, bounds[0] - one_ms))
+        added = 0
+        for range_lo, range_hi in ranges:
+            if range_lo <= range_hi:
+                added += self._write(directory, fetch(range_lo, range_hi).loc[range_lo:range_hi], columns,
+                                     monthly=False)
+        return added
+
+    def _remove_orphans(self, directory: str) -> None:
+        """Delete temp files a killed writer left behind (never visible to readers, but they take space)."""
+        if not self.fs.exists(directory):
+            return
+        for path in self.fs.glob(f"{directory}/.*.tmp"):
+            self.fs.rm(path)
+            log.info("removed temp file left by an interrupted write: %s", path)
+
+
+def require_bars(store: Store, symbol: str, interval: str, category: str) -> pd.DataFrame:
+    """Read a whole series, failing with a clear message when nothing is stored."""
+    frame = store.read(symbol, interval, category=category)
+    if frame.empty:
+        raise DataError(f"no bars stored for {category}/{symbol}/{interval} in {store.root}")
+    return frame
