@@ -82,7 +82,7 @@ class Forecast:
 
     def quantile(self, level: float) -> np.ndarray:
         """Quantile ``level`` per row and step ``[B, H]``, interpolated between stored levels."""
-        return _quantile_function(self.quantiles, self.quantile_levels, np.array([level]))[..., 0]
+        return interpolate_quantiles(self.quantiles, self.quantile_levels, np.array([level]))[..., 0]
 
     @property
     def median(self) -> np.ndarray:
@@ -100,7 +100,7 @@ class Forecast:
         """VaR ``[B]`` of a long position over the horizon: the loss (positive) not exceeded
         with probability ``confidence``."""
         alpha = 1.0 - confidence
-        q = _quantile_function(self.return_quantiles(step)[:, None, :], self.quantile_levels, np.array([alpha]))
+        q = interpolate_quantiles(self.return_quantiles(step)[:, None, :], self.quantile_levels, np.array([alpha]))
         return -q[:, 0, 0]
 
     def expected_shortfall(self, confidence: float = 0.95, step: int = -1, grid: int = 200) -> np.ndarray:
@@ -108,7 +108,7 @@ class Forecast:
         extended) return quantile function over levels (0, 1 - confidence]."""
         alpha = 1.0 - confidence
         levels = (np.arange(grid) + 0.5) / grid * alpha  # midpoint rule on (0, alpha]
-        q = _quantile_function(self.return_quantiles(step)[:, None, :], self.quantile_levels, levels)
+        q = interpolate_quantiles(self.return_quantiles(step)[:, None, :], self.quantile_levels, levels)
         return -q[:, 0, :].mean(axis=-1)
 
     def take(self, rows: Sequence[int] | np.ndarray) -> Forecast:
@@ -143,7 +143,7 @@ class Forecast:
         )
 
 
-def _quantile_function(quantiles: np.ndarray, levels: Sequence[float], targets: np.ndarray) -> np.ndarray:
+def interpolate_quantiles(quantiles: np.ndarray, levels: Sequence[float], targets: np.ndarray) -> np.ndarray:
     """Evaluate the piecewise-linear quantile function ``[B, H, Q]`` at ``targets`` ``[T]``
     -> ``[B, H, T]``; outside the stored levels, extend with the slope of the two outermost
     levels (flat when only one level is stored)."""

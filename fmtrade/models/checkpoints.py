@@ -9,9 +9,12 @@ from __future__ import annotations
 
 from collections.abc import Callable
 from pathlib import Path
-from typing import TypeVar
+from typing import TYPE_CHECKING, TypeVar
 
-from fmtrade.errors import FmtradeError
+from fmtrade.errors import FmtradeError, InputError
+
+if TYPE_CHECKING:  # torch is imported by the model adapters, not by registry listing
+    import torch
 
 T = TypeVar("T")
 
@@ -43,3 +46,14 @@ def load_with_hint(checkpoint: str, loader: Callable[[str], T], model: str) -> T
             f"{model}: could not load hub id {checkpoint!r} ({type(exc).__name__}: {exc}). Without internet, "
             "use the local zoo: `fmtrade models build` and the `local` registry profile (models.profile: local)"
         ) from exc
+
+
+def apply_lora_adapter(module: torch.nn.Module, adapter: str) -> torch.nn.Module:
+    """Load a peft LoRA adapter directory into ``module`` and merge it into the weights (in place;
+    the merged module is returned): inference then pays nothing for the adapter."""
+    from peft import PeftModel
+
+    path = Path(adapter).expanduser()
+    if not (path / "adapter_config.json").is_file():
+        raise InputError("adapter", f"{path} is not a peft adapter directory (no adapter_config.json)")
+    return PeftModel.from_pretrained(module, str(path)).merge_and_unload()
