@@ -48,7 +48,7 @@ def load_with_hint(checkpoint: str, loader: Callable[[str], T], model: str) -> T
         ) from exc
 
 
-def apply_lora_adapter(module: torch.nn.Module, adapter: str) -> torch.nn.Module:
+def apply_lora_adapter(module: torch.nn.Module, adapter: str, device: str | None = None) -> torch.nn.Module:
     """Load a peft LoRA adapter directory into ``module`` and merge it into the weights (in place;
     the merged module is returned): inference then pays nothing for the adapter."""
     from peft import PeftModel
@@ -56,4 +56,5 @@ def apply_lora_adapter(module: torch.nn.Module, adapter: str) -> torch.nn.Module
     path = Path(adapter).expanduser()
     if not (path / "adapter_config.json").is_file():
         raise InputError("adapter", f"{path} is not a peft adapter directory (no adapter_config.json)")
-    return PeftModel.from_pretrained(module, str(path)).merge_and_unload()
+    kwargs = {"torch_device": device} if device else {}
+    return PeftModel.from_pretrained(module, str(path), **kwargs).merge_and_unload()

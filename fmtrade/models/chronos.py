@@ -1,0 +1,425 @@
+"""Chronos family adapters (Chronos T5 token models, Chronos-Bolt, Chronos-2) and zoo builders.
+
+Everything goes through ``chronos-forecasting``: weights load with
+``chronos.BaseChronosPipeline.from_pretrained`` (local directory or hub id) and
+forecasts come from the pipelines' own ``predict`` methods, so a hub checkpoint
+and an fmtrade zoo checkpoint take exactly the same path.
+
+Design notes (also in the README):
+
+* Mixed-length batches are passed as a list of 1-D tensors; the library left-pads
+  them with NaN and all three families mask NaNs natively (padding and gaps alike).
+* Bolt and Chronos-2 output fixed quantile levels. Other levels are linearly
+  interpolated between the native ones with ``chronos.utils.interpolate_quantiles``;
+  outside the native range they are clamped to the outermost native quantile (the
+  library's own behaviour). Their point forecast ``mean`` is the model's median,
+  as in the library's ``predict_quantiles``.
+* Chronos T5 samples token paths: ``mean`` is the sample mean and quantiles are
+  empirical sample quantiles. Sampling is driven by one ``torch.Generator`` per
+  row (Gumbel-max over the temperature/top-k/top-p warped logits), so a row's
+  forecast depends only on its context and seed, not on the rest of the batch.
+* Horizons beyond the model's native prediction length use the library's
+  autoregressive unrolling; ``max_horizon`` allows ``LONG_HORIZON_FACTOR`` times the
+  native length and no more, because quality degrades with every unrolled block.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any, ClassVar
+
+import numpy as np
+import torch
+from chronos import BaseChronosPipeline, Chronos2Pipeline, ChronosBoltPipeline, ChronosPipeline
+from chronos.chronos import ChronosModel
+from chronos.chronos2 import Chronos2Model
+from chronos.chronos2.config import Chronos2CoreConfig
+from chronos.chronos_bolt import ChronosBoltModelForForecasting
+from chronos.utils import interpolate_quantiles
+from transformers import GenerationConfig, PreTrainedModel, T5Config, T5ForConditionalGeneration
+from transformers.generation.logits_process import (
+    LogitsProcessor,
+    LogitsProcessorList,
+    TemperatureLogitsWarper,
+    TopKLogitsWarper,
+    TopPLogitsWarper,
+)
+
+from fmtrade.errors import InputError
+from fmtrade.io import write_dir_atomic
+from fmtrade.models.base import Covariates, Forecaster
+from fmtrade.models.checkpoints import ModelLoadError, apply_lora_adapter, load_with_hint
+from fmtrade.models.device import resolve_device, resolve_dtype
+
+#: Longest horizon, as a multiple of the model's native prediction length (autoregressive unrolling).
+LONG_HORIZON_FACTOR = 4
+
+#: peft LoRA targets: attention q/k/v/o and feed-forward wi/wo projections. T5 (Chronos, and
+#: Chronos-Bolt's encoder/decoder) and Chronos-2's MHA/MLP layers use the same names.
+LORA_TARGET_MODULES: tuple[str, ...] = ("q", "k", "v", "o", "wi", "wo")
+
+#: Transformer dimensions per zoo size (d_ff = 4 d_model, ReLU feed-forward like the published models).
+_SIZES: dict[str, dict[str, int]] = {
+    "tiny": {"d_model": 64, "d_kv": 16, "d_ff": 256, "num_layers": 2, "num_heads": 4},
+    "small": {"d_model": 256, "d_kv": 64, "d_ff": 1024, "num_layers": 4, "num_heads": 4},
+}
+_CONTEXT_LENGTH = 512  # zoo checkpoints: enough for three weeks of hourly bars
+_BOLT_QUANTILES = [0.1, 0.2, 0.3, 0.4, 0.5, 0.6, 0.7, 0.8, 0.9]  # the Bolt heuristics assume this even grid
+_CHRONOS2_QUANTILES = [0.01, 0.05, *(round(0.1 + 0.05 * i, 2) for i in range(17)), 0.95, 0.99]
+
+
+class _ChronosFamily(Forecaster):
+    """Loading, device placement, LoRA adapters and native-quantile handling shared by the family."""
+
+    pipeline_class: ClassVar[type[BaseChronosPipeline]]
+    lora_target_modules: ClassVar[tuple[str, ...]] = LORA_TARGET_MODULES
+
+    def __init__(
+        self,
+        name: str,
+        checkpoint: str,
+        *,
+        device: str = "auto",
+        dtype: str = "auto",
+        max_batch_size: int = 256,
+        context_length: int | None = None,
+        **options: Any,
+    ) -> None:
+        self.name = name
+        adapter = options.pop("adapter", None)
+        self._take_options(options)
+        if options:
+            raise InputError("options", f"unknown option(s) for {self.family}: {', '.join(sorted(options))}")
+        if context_length is not None and context_length < 1:
+            raise InputError("context_length", f"must be positive, got {context_length}")
+        self.device = resolve_device(device)
+        self.torch_dtype = resolve_dtype(dtype, self.device)
+        self.pipeline = load_with_hint(checkpoint, self._load, name)
+        if adapter is not None:
+            apply_lora_adapter(self.pipeline.inner_model, adapter, self.device)
+        self.module: torch.nn.Module = self.pipeline.inner_model
+        limit = int(self.pipeline.model_context_length)
+        self.max_context = min(context_length or limit, limit)
+        self.max_horizon = int(self.pipeline.model_prediction_length) * LONG_HORIZON_FACTOR
+        self.max_batch_size = int(max_batch_size)
+
+    def _take_options(self, options: dict[str, Any]) -> None:
+        """Consume family-specific options (leftovers are reported as unknown)."""
+
+    def _load(self, source: str) -> BaseChronosPipeline:
+        pipeline = BaseChronosPipeline.from_pretrained(source, dtype=self.torch_dtype)
+        if not isinstance(pipeline, self.pipeline_class):
+            raise ModelLoadError(
+                f"{self.name}: {source} holds a {type(pipeline).__name__} checkpoint, "
+                f"but adapter {self.family!r} needs a {self.pipeline_class.__name__} one"
+            )
+        pipeline.inner_model.to(self.device).eval()
+        return pipeline
+
+    @staticmethod
+    def _tensors(contexts: list[np.ndarray]) -> list[torch.Tensor]:
+        """Rows as float32 tensors; the pipelines left-pad them with NaN and mask NaNs."""
+        return [torch.as_tensor(c, dtype=torch.float32) for c in contexts]
+
+    @staticmethod
+    def _from_native(
+        native: torch.Tensor, native_levels: list[float], levels: tuple[float, ...]
+    ) -> tuple[np.ndarray, np.ndarray]:
+        """``native`` ``[b, Qn, H]`` at ``native_levels`` -> (median ``[b, H]``, ``[b, H, Q]`` at ``levels``)."""
+        values = native.swapaxes(1, 2).float()
+        out = interpolate_quantiles([0.5, *levels], native_levels, values).numpy()
+        return out[..., 0], out[..., 1:]
+
+
+# Chronos (T5 token model) -------------------------------------------------------------------
+
+
+class _GumbelMaxSampler(LogitsProcessor):
+    """Turns greedy decoding into sampling with per-row random streams.
+
+    Scores are warped exactly as ``generate(do_sample=True)`` would (temperature, top-k,
+    top-p), then Gumbel noise drawn from row ``i``'s generator is added to the scores
+    of that row's ``num_samples`` sequences; the argmax greedy decoding takes is then a
+    sample from the warped distribution (the Gumbel-max trick).
+    """
+
+    def __init__(self, generators: list[torch.Generator], num_samples: int, warpers: LogitsProcessorList) -> None:
+        self.generators = generators
+        self.num_samples = num_samples
+        self.warpers = warpers
+
+    def __call__(self, input_ids: torch.LongTensor, scores: torch.FloatTensor) -> torch.FloatTensor:
+        scores = self.warpers(input_ids, scores)
+        shape = (self.num_samples, scores.shape[-1])
+        uniform = torch.cat(
+            [torch.rand(shape, generator=g, device=scores.device, dtype=torch.float32) for g in self.generators]
+        )
+        tiny = torch.finfo(torch.float32).tiny
+        return scores - torch.log(-torch.log(uniform.clamp_min(tiny)))
+
+
+class _SeededChronosModel(ChronosModel):
+    """``ChronosModel`` whose sampling follows ``generators`` (one per batch row), set before each predict."""
+
+    def __init__(self, config: Any, model: PreTrainedModel) -> None:
+        super().__init__(config, model)
+        self.generators: list[torch.Generator] = []
+
+    def forward(
+        self,
+        input_ids: torch.Tensor,
+        attention_mask: torch.Tensor,
+        prediction_length: int | None = None,
+        num_samples: int | None = None,
+        temperature: float | None = None,
+        top_k: int | None = None,
+        top_p: float | None = None,
+    ) -> torch.Tensor:
+        cfg = self.config
+        length = prediction_length or cfg.prediction_length
+        samples = num_samples or cfg.num_samples
+        if len(self.generators) != input_ids.size(0):
+            raise RuntimeError(f"{len(self.generators)} generators for a batch of {input_ids.size(0)} rows")
+        warpers = LogitsProcessorList()
+        temperature = cfg.temperature if temperature is None else temperature
+        top_k = cfg.top_k if top_k is None else top_k
+        top_p = cfg.top_p if top_p is None else top_p
+        if temperature != 1.0:
+            warpers.append(TemperatureLogitsWarper(temperature))
+        if top_k:
+            warpers.append(TopKLogitsWarper(top_k))
+        if top_p < 1.0:
+            warpers.append(TopPLogitsWarper(top_p))
+        preds = self.model.generate(
+            input_ids=input_ids.repeat_interleave(samples, dim=0),
+            attention_mask=attention_mask.repeat_interleave(samples, dim=0),
+            generation_config=GenerationConfig(
+                min_new_tokens=length,
+                max_new_tokens=length,
+                do_sample=False,
+                eos_token_id=cfg.eos_token_id,
+                pad_token_id=cfg.pad_token_id,
+                decoder_start_token_id=cfg.pad_token_id,
+            ),
+            logits_processor=LogitsProcessorList([_GumbelMaxSampler(self.generators, samples, warpers)]),
+        )
+        preds = preds[..., 1:] if cfg.model_type == "seq2seq" else preds[..., -length:]
+        return preds.reshape(input_ids.size(0), samples, -1)
+
+
+class ChronosForecaster(_ChronosFamily):
+    """Chronos T5 token model (``ChronosPipeline``): sampled paths, per-row seeded.
+
+    Option ``num_samples`` (default: the checkpoint's ``num_samples``) sets the paths per row.
+    """
+
+    family = "chronos"
+    stochastic = True
+    pipeline_class = ChronosPipeline
+
+    def _take_options(self, options: dict[str, Any]) -> None:
+        self._num_samples = options.pop("num_samples", None)
+        if self._num_samples is not None and (not isinstance(self._num_samples, int) or self._num_samples < 2):
+            raise InputError("options.num_samples", f"must be an integer >= 2, got {self._num_samples!r}")
+
+    def _load(self, source: str) -> BaseChronosPipeline:
+        stock = super()._load(source)
+        seeded = _SeededChronosModel(stock.model.config, stock.model.model)
+        return ChronosPipeline(tokenizer=stock.tokenizer, model=seeded)
+
+    def _predict(
+        self,
+        contexts: list[np.ndarray],
+        horizon: int,
+        quantile_levels: tuple[float, ...],
+        covariates: list[Covariates | None],
+        seeds: list[int],
+    ) -> tuple[np.ndarray, np.ndarray]:
+        self.pipeline.model.generators = [torch.Generator(device=self.device).manual_seed(s % 2**64) for s in seeds]
+        quantiles, mean = self.pipeline.predict_quantiles(
+            self._tensors(contexts),
+            prediction_length=horizon,
+            quantile_levels=list(quantile_levels),
+            num_samples=self._num_samples,
+        )
+        return mean.numpy(), quantiles.numpy()
+
+
+# Chronos-Bolt --------------------------------------------------------------------------------
+
+
+class ChronosBoltForecaster(_ChronosFamily):
+    """Chronos-Bolt (``ChronosBoltPipeline``): direct multi-step quantiles, deterministic."""
+
+    family = "chronos-bolt"
+    pipeline_class = ChronosBoltPipeline
+
+    def _load(self, source: str) -> BaseChronosPipeline:
+        pipeline = super()._load(source)
+        # Bolt's input embedding is ``shared`` (like T5's); transformers 5 cannot find it on its own,
+        # and peft needs it to check tied weights before injecting LoRA layers.
+        pipeline.inner_model._input_embed_layer = "shared"
+        return pipeline
+
+    def _predict(
+        self,
+        contexts: list[np.ndarray],
+        horizon: int,
+        quantile_levels: tuple[float, ...],
+        covariates: list[Covariates | None],
+        seeds: list[int],
+    ) -> tuple[np.ndarray, np.ndarray]:
+        native = self.pipeline.predict(self._tensors(contexts), prediction_length=horizon)
+        return self._from_native(native, self.pipeline.quantiles, quantile_levels)
+
+
+# Chronos-2 -----------------------------------------------------------------------------------
+
+
+class Chronos2Forecaster(_ChronosFamily):
+    """Chronos-2 (``Chronos2Pipeline``): quantiles, with volume/funding as past covariates.
+
+    Rows are forecast independently (no cross-learning); rows are grouped by which
+    covariates they carry because one pipeline call needs one input schema. Covariate
+    names other than ``covariates`` are ignored, like every other model ignores them.
+    """
+
+    family = "chronos2"
+    covariates = ("volume", "funding")
+    pipeline_class = Chronos2Pipeline
+
+    def _predict(
+        self,
+        contexts: list[np.ndarray],
+        horizon: int,
+        quantile_levels: tuple[float, ...],
+        covariates: list[Covariates | None],
+        seeds: list[int],
+    ) -> tuple[np.ndarray, np.ndarray]:
+        groups: dict[tuple[str, ...], list[int]] = {}
+        for row, covs in enumerate(covariates):
+            groups.setdefault(tuple(k for k in self.covariates if covs and k in covs), []).append(row)
+        mean = np.empty((len(contexts), horizon))
+        quantiles = np.empty((len(contexts), horizon, len(quantile_levels)))
+        for keys, rows in groups.items():
+            inputs: list[Any] = [
+                {
+                    "target": contexts[r].astype(np.float32),
+                    "past_covariates": {k: np.asarray(covariates[r][k], dtype=np.float32) for k in keys},
+                }
+                if keys
+                else torch.as_tensor(contexts[r], dtype=torch.float32)
+                for r in rows
+            ]
+            native = self.pipeline.predict(
+                inputs,
+                prediction_length=horizon,
+                batch_size=len(rows) * (1 + len(keys)),
+                context_length=self.max_context,
+            )
+            mean[rows], quantiles[rows] = self._from_native(torch.cat(native), self.pipeline.quantiles, quantile_levels)
+        return mean, quantiles
+
+
+# Zoo builders --------------------------------------------------------------------------------
+
+
+def _dims(size: str) -> dict[str, int]:
+    if size not in _SIZES:
+        raise InputError("size", f"{size!r} is not one of {', '.join(_SIZES)}")
+    return _SIZES[size]
+
+
+def _save_seeded(make: Callable[[], PreTrainedModel], out_dir: Path, seed: int) -> Path:
+    """Build ``make()`` under ``seed`` (global RNG untouched) and save it (safetensors) to ``out_dir``
+    through a scratch directory renamed into place when complete."""
+    out = Path(out_dir)
+    if out.exists():
+        raise InputError("out_dir", f"{out} already exists; remove it or choose another directory")
+    with torch.random.fork_rng(devices=[]):
+        torch.manual_seed(seed)
+        model = make()
+    return write_dir_atomic(out, lambda build: model.save_pretrained(build, safe_serialization=True))
+
+
+def build_chronos_checkpoint(out_dir: Path, size: str = "tiny", seed: int = 0) -> Path:
+    """Chronos T5 token model (seq2seq) with the published tokenizer: 4096 mean-scaled uniform
+    bins on [-15, 15], EOS token, 20 sample paths, top-k 50."""
+    dims = _dims(size)
+    chronos_config = {
+        "tokenizer_class": "MeanScaleUniformBins",
+        "tokenizer_kwargs": {"low_limit": -15.0, "high_limit": 15.0},
+        "context_length": _CONTEXT_LENGTH,
+        "prediction_length": 64,
+        "n_tokens": 4096,
+        "n_special_tokens": 2,
+        "pad_token_id": 0,
+        "eos_token_id": 1,
+        "use_eos_token": True,
+        "model_type": "seq2seq",
+        "num_samples": 20,
+        "temperature": 1.0,
+        "top_k": 50,
+        "top_p": 1.0,
+    }
+    config = T5Config(
+        vocab_size=chronos_config["n_tokens"],
+        num_decoder_layers=dims["num_layers"],
+        feed_forward_proj="relu",
+        pad_token_id=0,
+        eos_token_id=1,
+        decoder_start_token_id=0,
+        chronos_config=chronos_config,
+        chronos_pipeline_class="ChronosPipeline",
+        **dims,
+    )
+    return _save_seeded(lambda: T5ForConditionalGeneration(config), out_dir, seed)
+
+
+def build_chronos_bolt_checkpoint(out_dir: Path, size: str = "tiny", seed: int = 0) -> Path:
+    """Chronos-Bolt: patches of 16, [REG] token, 64-step direct output at the deciles."""
+    dims = _dims(size)
+    chronos_config = {
+        "context_length": _CONTEXT_LENGTH,
+        "prediction_length": 64,
+        "input_patch_size": 16,
+        "input_patch_stride": 16,
+        "quantiles": _BOLT_QUANTILES,
+        "use_reg_token": True,
+    }
+    config = T5Config(
+        num_decoder_layers=dims["num_layers"],
+        feed_forward_proj="relu",
+        pad_token_id=0,
+        eos_token_id=1,
+        decoder_start_token_id=0,
+        chronos_config=chronos_config,
+        chronos_pipeline_class="ChronosBoltPipeline",
+        **dims,
+    )
+    return _save_seeded(lambda: ChronosBoltModelForForecasting(config), out_dir, seed)
+
+
+def build_chronos2_checkpoint(out_dir: Path, size: str = "tiny", seed: int = 0) -> Path:
+    """Chronos-2: patches of 16, [REG] token, arcsinh scaling, 21 quantiles (0.01..0.99) like the
+    published model, up to 4 output patches (64 steps) per forward pass."""
+    dims = _dims(size)
+    chronos_config = {
+        "context_length": _CONTEXT_LENGTH,
+        "input_patch_size": 16,
+        "input_patch_stride": 16,
+        "output_patch_size": 16,
+        "quantiles": _CHRONOS2_QUANTILES,
+        "use_reg_token": True,
+        "use_arcsinh": True,
+        "max_output_patches": 4,
+        "time_encoding_scale": _CONTEXT_LENGTH,
+    }
+    config = Chronos2CoreConfig(
+        chronos_config=chronos_config,
+        chronos_pipeline_class="Chronos2Pipeline",
+        architectures=["Chronos2Model"],
+        **dims,
+    )
+    return _save_seeded(lambda: Chronos2Model(config), out_dir, seed)

@@ -1,0 +1,181 @@
+"""Chronos family adapters on tiny zoo checkpoints loaded through chronos-forecasting's own loader."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import huggingface_hub.constants
+import numpy as np
+import pytest
+import torch
+from chronos import BaseChronosPipeline, Chronos2Pipeline, ChronosBoltPipeline, ChronosPipeline
+from peft import LoraConfig, get_peft_model
+from safetensors.torch import load_file
+
+from fmtrade.errors import InputError
+from fmtrade.models.checkpoints import ModelLoadError
+from fmtrade.models.chronos import (
+    LONG_HORIZON_FACTOR,
+    Chronos2Forecaster,
+    ChronosBoltForecaster,
+    ChronosForecaster,
+    build_chronos2_checkpoint,
+    build_chronos_bolt_checkpoint,
+    build_chronos_checkpoint,
+)
+
+FAMILIES = {
+    "chronos": (ChronosForecaster, build_chronos_checkpoint, ChronosPipeline),
+    "chronos-bolt": (ChronosBoltForecaster, build_chronos_bolt_checkpoint, ChronosBoltPipeline),
+    "chronos2": (Chronos2Forecaster, build_chronos2_checkpoint, Chronos2Pipeline),
+}
+LEVELS = (0.01, 0.1, 0.5, 0.9, 0.99)  # 0.01 / 0.99 lie outside Bolt's native deciles
+OPTIONS = {"chronos": {"num_samples": 8}}  # fewer sample paths than the default 20 keep the tests fast
+
+
+@pytest.fixture(scope="module")
+def zoo(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Path]:
+    root = tmp_path_factory.mktemp("zoo")
+    return {family: builder(root / family, size="tiny", seed=0) for family, (_, builder, _) in FAMILIES.items()}
+
+
+@pytest.fixture(scope="module")
+def forecasters(zoo: dict[str, Path]) -> dict[str, object]:
+    return {
+        family: cls(f"{family}-fm-tiny", str(zoo[family]), **OPTIONS.get(family, {}))
+        for family, (cls, _, _) in FAMILIES.items()
+    }
+
+
+def _prices(n: int, seed: int) -> np.ndarray:
+    rng = np.random.default_rng(seed)
+    return 100.0 * np.exp(np.cumsum(rng.normal(0.0, 0.01, n)))
+
+
+def _mixed_batch() -> list[np.ndarray]:
+    rows = [_prices(40, 1), _prices(300, 2), _prices(700, 3)]  # 700 > the tiny models' 512-step context
+    rows[1][100:110] = np.nan  # a gap inside the context
+    rows[2][-1] = np.nan  # a missing last value (forward-filled)
+    return rows
+
+
+@pytest.mark.parametrize("family", FAMILIES)
+def test_builder_writes_native_seeded_checkpoint(family: str, tmp_path: Path) -> None:
+    cls, builder, pipeline_class = FAMILIES[family]
+    first = builder(tmp_path / "a", size="tiny", seed=0)
+    assert (first / "config.json").is_file() and (first / "model.safetensors").is_file()
+    assert isinstance(BaseChronosPipeline.from_pretrained(str(first)), pipeline_class)
+    same = load_file(builder(tmp_path / "b", seed=0) / "model.safetensors")
+    other = load_file(builder(tmp_path / "c", seed=1) / "model.safetensors")
+    weights = load_file(first / "model.safetensors")
+    assert all(torch.equal(weights[k], same[k]) for k in weights)
+    assert any(not torch.equal(weights[k], other[k]) for k in weights)
+    assert 2e5 < sum(t.numel() for t in weights.values()) < 2e6  # "tiny": a few hundred K params
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["a", "b", "c"]  # no temporary leftovers
+    with pytest.raises(InputError, match="out_dir"):
+        builder(first)
+    with pytest.raises(InputError, match="size"):
+        builder(tmp_path / "d", size="huge")
+
+
+@pytest.mark.parametrize("family", FAMILIES)
+def test_mixed_length_batch_gives_monotone_quantiles(family: str, forecasters: dict) -> None:
+    model = forecasters[family]
+    assert model.max_context == 512 and model.max_horizon == 64 * LONG_HORIZON_FACTOR
+    rows = _mixed_batch()
+    for horizon in (12, 70):  # 70 > the native 64 steps: the library's autoregressive unrolling
+        fc = model.forecast(rows, horizon, LEVELS, seeds=[1, 2, 3])
+        assert fc.mean.shape == (3, horizon) and fc.quantiles.shape == (3, horizon, len(LEVELS))
+        assert fc.quantile_levels == LEVELS
+        assert np.isfinite(fc.quantiles).all() and np.isfinite(fc.mean).all()
+        assert (np.diff(fc.quantiles, axis=-1) >= 0).all()
+        np.testing.assert_allclose(fc.last_values, [rows[0][-1], rows[1][-1], rows[2][-2]])
+    with pytest.raises(InputError, match="horizon"):
+        model.forecast(rows, model.max_horizon + 1)
+
+
+def test_quantiles_outside_native_range_are_clamped(forecasters: dict) -> None:
+    fc = forecasters["chronos-bolt"].forecast([_prices(100, 4)], 8, (0.01, 0.1, 0.9, 0.99))
+    np.testing.assert_allclose(fc.quantiles[..., 0], fc.quantiles[..., 1], rtol=1e-6)
+    np.testing.assert_allclose(fc.quantiles[..., 3], fc.quantiles[..., 2], rtol=1e-6)
+
+
+def test_chronos_samples_are_per_row_reproducible(forecasters: dict) -> None:
+    model = forecasters["chronos"]
+    assert model.stochastic
+    rows = _mixed_batch()
+    alone = model.forecast([rows[1]], 10, seeds=[7])
+    shuffled = model.forecast([rows[2], rows[1], rows[0], rows[1]], 10, seeds=[3, 7, 5, 8])
+    np.testing.assert_array_equal(alone.mean[0], shuffled.mean[1])
+    np.testing.assert_array_equal(alone.quantiles[0], shuffled.quantiles[1])
+    assert not np.array_equal(shuffled.mean[1], shuffled.mean[3])  # another seed, another sample
+
+
+def test_chronos2_uses_past_covariates(forecasters: dict) -> None:
+    model = forecasters["chronos2"]
+    assert model.covariates == ("volume", "funding")
+    rows = _mixed_batch()
+    rng = np.random.default_rng(5)
+    covs = {"volume": rng.lognormal(3.0, 1.0, 300), "funding": rng.normal(0.0, 1e-4, 300), "other": np.ones(300)}
+    covs["volume"][5] = np.nan
+    plain = model.forecast([rows[1]], 12)
+    with_covs = model.forecast([rows[1]], 12, covariates=[covs])
+    assert not np.allclose(plain.mean, with_covs.mean)
+    # rows with different covariate sets in one batch match the rows forecast alone
+    mixed = model.forecast(rows, 12, covariates=[None, covs, {"volume": np.ones(700)}])
+    np.testing.assert_allclose(mixed.quantiles[1], with_covs.quantiles[0], rtol=1e-5)
+    np.testing.assert_allclose(mixed.quantiles[0], model.forecast([rows[0]], 12).quantiles[0], rtol=1e-5)
+
+
+@pytest.mark.parametrize("family", FAMILIES)
+def test_lora_adapter_changes_forecast(family: str, zoo: dict[str, Path], forecasters: dict, tmp_path: Path) -> None:
+    cls = FAMILIES[family][0]
+    donor = cls("donor", str(zoo[family]))
+    linear_names = [n for n, m in donor.module.named_modules() if isinstance(m, torch.nn.Linear)]
+    for target in cls.lora_target_modules:
+        assert any(n.split(".")[-1] == target for n in linear_names), target
+    torch.manual_seed(0)
+    config = LoraConfig(r=4, lora_alpha=8, target_modules=list(cls.lora_target_modules), init_lora_weights=False)
+    get_peft_model(donor.module, config).save_pretrained(tmp_path / "adapter")
+
+    adapted = cls("adapted", str(zoo[family]), adapter=str(tmp_path / "adapter"), **OPTIONS.get(family, {}))
+    rows = _mixed_batch()
+    base = forecasters[family].forecast(rows, 8, seeds=[1, 2, 3])
+    tuned = adapted.forecast(rows, 8, seeds=[1, 2, 3])
+    assert not np.allclose(base.quantiles, tuned.quantiles)
+    with pytest.raises(InputError, match="adapter"):
+        cls("bad", str(zoo[family]), adapter=str(tmp_path))
+
+
+def test_offline_hub_id_points_at_the_zoo(monkeypatch: pytest.MonkeyPatch) -> None:
+    # what HF_HUB_OFFLINE=1 sets when the process starts
+    monkeypatch.setattr(huggingface_hub.constants, "HF_HUB_OFFLINE", True)
+    with pytest.raises(ModelLoadError, match="fmtrade models build"):
+        ChronosBoltForecaster("chronos-bolt-small", "amazon/chronos-bolt-small")
+
+
+def test_wrong_family_checkpoint_is_refused(zoo: dict[str, Path]) -> None:
+    with pytest.raises(ModelLoadError, match="ChronosBoltPipeline"):
+        ChronosForecaster("x", str(zoo["chronos-bolt"]))
+
+
+def test_options_and_bad_rows(zoo: dict[str, Path], forecasters: dict) -> None:
+    short = ChronosBoltForecaster("x", str(zoo["chronos-bolt"]), context_length=64)
+    assert short.max_context == 64
+    with pytest.raises(InputError, match="options"):
+        ChronosBoltForecaster("x", str(zoo["chronos-bolt"]), temperature=2.0)
+    with pytest.raises(InputError, match="num_samples"):
+        ChronosForecaster("x", str(zoo["chronos"]), num_samples=1)
+    model = forecasters["chronos-bolt"]
+    for bad, reason in (([], "empty"), ([np.nan, np.nan], "all NaN"), ([1.0], "at least")):
+        with pytest.raises(InputError, match=reason) as err:
+            model.forecast([_prices(50, 0), bad], 4)
+        assert err.value.field == "contexts[1]"
+
+
+@pytest.mark.parametrize("family", ["chronos-bolt", "chronos2"])
+def test_bfloat16_runs_close_to_float32(family: str, zoo: dict[str, Path], forecasters: dict) -> None:
+    bf16 = FAMILIES[family][0]("x", str(zoo[family]), device="cpu", dtype="bfloat16")
+    assert bf16.module.dtype == torch.bfloat16
+    rows = _mixed_batch()
+    np.testing.assert_allclose(bf16.forecast(rows, 8).mean, forecasters[family].forecast(rows, 8).mean, rtol=0.05)
