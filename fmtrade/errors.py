@@ -17,6 +17,11 @@ class InputError(FmtradeError, ValueError):
         self.reason = reason
         super().__init__(f"{field}: {reason}")
 
+    def __reduce__(self) -> tuple[type[InputError], tuple[str, str]]:
+        # Rebuild from (field, reason): the default pickling passes the one formatted message,
+        # which breaks when Ray ships the error back from a worker.
+        return (type(self), (self.field, self.reason))
+
 
 class ConfigError(FmtradeError):
     """fmtrade.yaml or FMTRADE_* settings failed validation."""

@@ -79,3 +79,14 @@ def test_api_token_from_env_is_secret(monkeypatch: pytest.MonkeyPatch) -> None:
     assert settings.serve.api_token is not None
     assert settings.serve.api_token.get_secret_value() == "s3cret"
     assert "s3cret" not in repr(settings)
+
+
+def test_input_error_survives_pickling() -> None:
+    """Ray ships errors back from workers by pickling them."""
+    import pickle
+
+    from fmtrade.errors import InputError
+
+    err = pickle.loads(pickle.dumps(InputError("horizon", "exceeds 64")))
+    assert isinstance(err, InputError)
+    assert (err.field, err.reason, str(err)) == ("horizon", "exceeds 64", "horizon: exceeds 64")

@@ -1,0 +1,75 @@
+"""``fmtrade forecast``: forecast one symbol from the local store with every model and the ensemble."""
+
+from __future__ import annotations
+
+import typer
+
+from fmtrade.cli.common import JSON_OPTION, STORE_OPTION, emit_json, print_table, settings, split_csv
+from fmtrade.data.intervals import check_category, check_interval
+from fmtrade.data.store import Store
+from fmtrade.ensemble import ENSEMBLE_NAME
+from fmtrade.errors import InputError
+from fmtrade.forecasting import forecast_document, load_closes, load_models
+from fmtrade.models.base import check_quantile_levels
+from fmtrade.models.registry import active_specs, select_specs
+
+
+def parse_quantiles(value: str) -> tuple[float, ...]:
+    try:
+        levels = [float(q) for q in split_csv(value, "--quantiles")]
+    except ValueError as exc:
+        raise InputError("quantiles", f"{value!r} is not a comma-separated list of numbers") from exc
+    return check_quantile_levels(levels)
+
+
+def forecast(
+    symbol: str = typer.Option(..., "--symbol", help="Symbol, e.g. BTCUSDT."),
+    category: str = typer.Option(None, "--category", help="linear | inverse | spot (default: data.category)."),
+    interval: str = typer.Option(None, "--interval", help="Bar interval (default: data.interval)."),
+    horizon: int = typer.Option(24, "--horizon", help="Bars to forecast."),
+    models: str = typer.Option(None, "--models", help="Comma-separated registry names (default: all enabled)."),
+    quantiles: str = typer.Option("0.1,0.5,0.9", "--quantiles", help="Comma-separated quantile levels."),
+    context: int = typer.Option(512, "--context", help="Bars of history each model sees."),
+    store: str = STORE_OPTION,
+    json_out: bool = JSON_OPTION,
+) -> None:
+    """Forecast the bars after the last stored bar with each model and their weighted ensemble."""
+    cfg = settings()
+    category = check_category(category or cfg.data.category)
+    interval = check_interval(interval or cfg.data.interval)
+    levels = parse_quantiles(quantiles)
+    if horizon < 1:
+        raise InputError("horizon", f"must be a positive number of bars, got {horizon}")
+    if context < 2:
+        raise InputError("context", f"must be at least 2 bars, got {context}")
+    specs = select_specs(active_specs(cfg), split_csv(models, "--models") or None)
+    closes = load_closes(Store(cfg.store_uri(store)), symbol, interval, category)
+    if len(closes) < context:
+        raise InputError("context", f"{context} bars requested but only {len(closes)} are stored for {symbol}")
+    loaded, failed = load_models(specs, cfg)
+    weights = {s.name: s.weight for s in specs}
+    doc = forecast_document(symbol, closes, loaded, weights, interval, horizon, levels, context, failed)
+    if json_out:
+        emit_json(doc)
+        return
+    _print(doc)
+
+
+def _print(doc: dict) -> None:
+    rows = []
+    for name, fc in [*doc["models"].items(), (ENSEMBLE_NAME, doc[ENSEMBLE_NAME])]:
+        q = fc["quantiles"]
+        lo, hi = next(iter(q)), list(q)[-1]
+        rows.append(
+            {
+                "model": name,
+                "weight": doc["weights"].get(name),
+                "mean[+1]": fc["mean"][0],
+                f"mean[+{doc['horizon']}]": fc["mean"][-1],
+                f"q{lo}[+{doc['horizon']}]": q[lo][-1],
+                f"q{hi}[+{doc['horizon']}]": q[hi][-1],
+            }
+        )
+    print_table(rows, list(rows[0]), title=f"{doc['symbol']} forecast to {doc['timestamps'][-1]}")
+    for name, reason in doc["failed"].items():
+        typer.echo(f"failed: {name}: {reason}", err=True)

@@ -1,0 +1,54 @@
+"""``fmtrade models list|build``: what the registry offers and building the local zoo."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import typer
+from rich.console import Console
+
+from fmtrade.cli.common import JSON_OPTION, emit_json, log, print_table, settings, split_csv
+from fmtrade.models.registry import ModelSpec
+from fmtrade.models.zoo import build_zoo, list_models
+
+app = typer.Typer(help="The model registry and the local model zoo.", no_args_is_help=True)
+
+
+@app.command("list")
+def list_command(json_out: bool = JSON_OPTION) -> None:
+    """Models of the active registry profile and whether their weights are available here."""
+    rows = list_models(settings())
+    if json_out:
+        emit_json(rows)
+        return
+    columns = ["name", "family", "source", "available", "enabled", "device", "checkpoint"]
+    print_table(rows, columns, title=f"models (profile {settings().models.profile})")
+
+
+@app.command("build")
+def build_command(
+    only: str = typer.Option(None, "--only", help="Comma-separated zoo model names (default: all)."),
+    force: bool = typer.Option(False, "--force", help="Rebuild checkpoints that already exist."),
+    seed: int = typer.Option(0, "--seed", help="Seed of the initial weights."),
+    pretrain_minutes: float = typer.Option(
+        0.0, "--pretrain-minutes", help="Pretrain each model this long on synthetic + KernelSynth series (0: none)."
+    ),
+    json_out: bool = JSON_OPTION,
+) -> None:
+    """Build the zoo checkpoints (seeded initial weights, each family's native on-disk format),
+    optionally pretrained in this process (``fmtrade pretrain`` is the Ray Train job)."""
+    post_build = None
+    if pretrain_minutes > 0:
+        from fmtrade.training import pretrain_in_place
+
+        def post_build(spec: ModelSpec, built: Path) -> None:
+            log.info("%s pretrained: %s", spec.name, pretrain_in_place(built, spec.family, pretrain_minutes, seed=seed))
+
+    with Console(stderr=True).status("building the model zoo"):
+        rows = build_zoo(
+            settings(), only=split_csv(only, "--only") or None, seed=seed, force=force, post_build=post_build
+        )
+    if json_out:
+        emit_json(rows)
+        return
+    print_table(rows, ["name", "family", "status", "seconds", "checkpoint"], title=f"model zoo {settings().zoo_dir()}")

@@ -1,0 +1,123 @@
+"""The local model zoo: fmtrade-built checkpoints for machines without a model hub.
+
+Every zoo model of the active registry profile (a spec whose checkpoint lives in
+``settings.zoo_dir()`` and whose family has a builder) is written by its family's
+``build_<family>_checkpoint`` in the family's native on-disk format, so the same
+``from_pretrained`` code that loads a hub checkpoint loads it. Builds start from
+seeded random weights; ``post_build`` lets a later step (pretraining) run on each
+freshly built checkpoint before it is published.
+"""
+
+from __future__ import annotations
+
+import shutil
+import tempfile
+import time
+from collections.abc import Callable, Sequence
+from pathlib import Path
+from typing import Any
+
+from fmtrade.config import Settings
+from fmtrade.errors import InputError
+from fmtrade.models.registry import (
+    ModelSpec,
+    active_specs,
+    is_available,
+    is_hub_id,
+    resolve_checkpoint,
+    select_specs,
+    zoo_builder,
+)
+
+SIZES = ("tiny", "small")
+
+#: Called as ``post_build(spec, checkpoint_dir)`` on a freshly built checkpoint before it is published.
+PostBuild = Callable[[ModelSpec, Path], None]
+
+
+def zoo_specs(settings: Settings) -> list[ModelSpec]:
+    """Specs of the active profile that fmtrade builds itself (checkpoint inside the zoo dir)."""
+    zoo = settings.zoo_dir().resolve()
+    out = []
+    for spec in active_specs(settings):
+        ckpt = resolve_checkpoint(spec, settings)
+        if spec.family != "baseline" and ckpt and Path(ckpt).is_absolute() and Path(ckpt).resolve().parent == zoo:
+            out.append(spec)
+    return out
+
+
+def publish_dir(build_dir: Path, target: Path) -> None:
+    """Swap ``build_dir`` into ``target``; an old checkpoint is removed only after the swap."""
+    old = None
+    if target.exists():
+        old = target.with_name(f".{target.name}.old-{time.time_ns()}")
+        target.rename(old)
+    build_dir.rename(target)
+    if old is not None:
+        shutil.rmtree(old)
+
+
+def build_zoo(
+    settings: Settings,
+    only: Sequence[str] | None = None,
+    size: str = "tiny",
+    seed: int = 0,
+    force: bool = False,
+    post_build: PostBuild | None = None,
+) -> list[dict[str, Any]]:
+    """Build the zoo checkpoints (``only`` restricts by name); existing ones are kept unless ``force``.
+
+    Each checkpoint is built (and post-processed) in a scratch directory beside the zoo
+    and renamed into place, so a crash never leaves a half-written model behind.
+    Returns one ``{"name", "family", "checkpoint", "status", "seconds"}`` per model.
+    """
+    if size not in SIZES:
+        raise InputError("size", f"{size!r} is not one of {', '.join(SIZES)}")
+    specs = zoo_specs(settings)
+    if only:
+        zoo_names = {s.name for s in specs}
+        not_zoo = [n for n in only if n not in zoo_names]
+        if not_zoo:
+            known = ", ".join(sorted(zoo_names)) or "none in this profile"
+            raise InputError("only", f"{', '.join(not_zoo)} is not a zoo model (zoo models: {known})")
+        specs = select_specs(specs, only, field="only")
+    zoo = settings.zoo_dir()
+    zoo.mkdir(parents=True, exist_ok=True)
+    report = []
+    for spec in specs:
+        target = Path(resolve_checkpoint(spec, settings) or "")
+        row = {"name": spec.name, "family": spec.family, "checkpoint": str(target)}
+        if target.exists() and not force:
+            report.append({**row, "status": "exists", "seconds": 0.0})
+            continue
+        builder = zoo_builder(spec.adapter)  # never None: zoo_specs keeps only families with a builder
+        start = time.perf_counter()
+        scratch = Path(tempfile.mkdtemp(prefix=f".{spec.name}.build-", dir=zoo))
+        try:
+            built = Path(builder(scratch / spec.name, size=size, seed=seed))
+            if post_build is not None:
+                post_build(spec, built)
+            publish_dir(built, target)
+        finally:
+            shutil.rmtree(scratch, ignore_errors=True)
+        report.append({**row, "status": "built", "seconds": round(time.perf_counter() - start, 2)})
+    return report
+
+
+def list_models(settings: Settings) -> list[dict[str, Any]]:
+    """Every model of the active profile as ``{"name", "family", "checkpoint", "device", "available",
+    "enabled"}``; ``available``: baselines always, local checkpoints when built, hub ids when cached."""
+    rows = []
+    for spec in active_specs(settings):
+        rows.append(
+            {
+                "name": spec.name,
+                "family": spec.family,
+                "checkpoint": resolve_checkpoint(spec, settings),
+                "device": spec.device,
+                "available": is_available(spec, settings),
+                "enabled": spec.enabled,
+                "source": "baseline" if spec.checkpoint is None else "hub" if is_hub_id(spec, settings) else "local",
+            }
+        )
+    return rows
