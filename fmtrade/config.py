@@ -98,6 +98,8 @@ class BacktestSettings(Section):
     strategy: Literal["threshold", "risk"] = "threshold"
     threshold: float = Field(0.005, ge=0)
     position_fraction: float = Field(1.0, gt=0, le=10)
+    target_volatility: float = Field(0.5, gt=0, description="risk strategy: annualised volatility target")
+    max_leverage: float = Field(1.0, gt=0, le=10, description="risk strategy: cap on |position| / equity")
     inference_actors: int = Field(1, ge=1)
     use_gpu: bool = False
     runs_dir: str | None = Field(None, description="default $FMTRADE_HOME/runs")

@@ -1,0 +1,84 @@
+"""The parameters of one backtest run, resolved once from settings and CLI flags."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, replace
+from typing import Any
+
+import pandas as pd
+
+from fmtrade.config import Settings
+from fmtrade.data.bybit import parse_time
+from fmtrade.data.intervals import check_category, check_interval
+from fmtrade.errors import InputError
+from fmtrade.models.base import DEFAULT_QUANTILES, check_quantile_levels
+
+STRATEGIES = ("threshold", "risk")
+
+
+def end_exclusive(end: pd.Timestamp) -> pd.Timestamp:
+    """``--end 2023-12-31`` means the whole last day: a date without a time is inclusive."""
+    return end + pd.Timedelta(days=1) if end == end.normalize() else end
+
+
+@dataclass(frozen=True)
+class BacktestConfig:
+    """Everything that determines a run's results (with the data and the models)."""
+
+    start: pd.Timestamp
+    end: pd.Timestamp  # exclusive
+    context: int = 512
+    horizon: int = 24
+    rebalance: int = 24
+    interval: str = "60"
+    category: str = "spot"
+    strategy: str = "threshold"
+    seed: int = 0
+    initial_equity: float = 100_000.0
+    taker_fee_bps: float = 7.5
+    slippage_bps: float = 2.0
+    min_trade_notional: float = 5.0
+    threshold: float = 0.005
+    position_fraction: float = 1.0
+    target_volatility: float = 0.5
+    max_leverage: float = 1.0
+    quantile_levels: tuple[float, ...] = DEFAULT_QUANTILES
+
+    def __post_init__(self) -> None:
+        for name in ("context", "horizon", "rebalance"):
+            value = getattr(self, name)
+            if not isinstance(value, int) or isinstance(value, bool) or value < 1:
+                raise InputError(name, f"must be a positive integer, got {value!r}")
+        if self.context < 2:
+            raise InputError("context", "must be at least 2 bars")
+        if self.end <= self.start:
+            raise InputError("end", f"{self.end} is not after start {self.start}")
+        if self.strategy not in STRATEGIES:
+            raise InputError("strategy", f"{self.strategy!r} is not one of {', '.join(STRATEGIES)}")
+        check_interval(self.interval)
+        check_category(self.category)
+        object.__setattr__(self, "quantile_levels", check_quantile_levels(self.quantile_levels))
+
+    @classmethod
+    def from_settings(cls, settings: Settings, start: str | pd.Timestamp, end: str | pd.Timestamp, **overrides: Any):
+        """Defaults from ``settings.backtest`` (and ``data.interval``); ``None`` overrides are ignored."""
+        bt = settings.backtest
+        base = cls(
+            start=parse_time(start, "start"),
+            end=end_exclusive(parse_time(end, "end")),
+            context=bt.context,
+            horizon=bt.horizon,
+            rebalance=bt.rebalance,
+            interval=settings.data.interval,
+            category=settings.data.category,
+            strategy=bt.strategy,
+            initial_equity=bt.initial_equity,
+            taker_fee_bps=bt.taker_fee_bps,
+            slippage_bps=bt.slippage_bps,
+            min_trade_notional=bt.min_trade_notional,
+            threshold=bt.threshold,
+            position_fraction=bt.position_fraction,
+            target_volatility=bt.target_volatility,
+            max_leverage=bt.max_leverage,
+        )
+        return replace(base, **{k: v for k, v in overrides.items() if v is not None})

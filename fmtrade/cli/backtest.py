@@ -1,0 +1,48 @@
+"""``fmtrade backtest``: walk-forward backtests across assets and models on Ray.
+
+The command is the top layer, so it may import the Ray job (``jobs.backtest``) lazily;
+the library (``fmtrade/``) itself never imports ``jobs/``.
+"""
+
+from __future__ import annotations
+
+import typer
+
+from fmtrade.cli.common import JSON_OPTION, STORE_OPTION, emit_json, print_table, settings, split_csv
+
+
+def backtest(
+    symbols: str = typer.Option(..., "--symbols", help="Comma-separated symbols, e.g. BTCUSDT,ETHUSDT,SOLUSDT."),
+    models: str = typer.Option(
+        None, "--models", help="Registry names and/or 'ensemble' (default: all enabled + random-walk + ensemble)."
+    ),
+    start: str = typer.Option(..., "--start", help="First simulated bar (date or ISO time, UTC)."),
+    end: str = typer.Option(..., "--end", help="Last simulated day (a date is inclusive) or ISO time (exclusive)."),
+    context: int = typer.Option(None, "--context", help="Bars each forecast sees (default: backtest.context)."),
+    horizon: int = typer.Option(None, "--horizon", help="Bars forecast at each rebalance (default: backtest.horizon)."),
+    rebalance: int = typer.Option(None, "--rebalance", help="Bars between rebalances (default: backtest.rebalance)."),
+    strategy: str = typer.Option(None, "--strategy", help="threshold | risk (default: backtest.strategy)."),
+    category: str = typer.Option(None, "--category", help="spot | linear | inverse (default: data.category)."),
+    interval: str = typer.Option(None, "--interval", help="Bar interval (default: data.interval)."),
+    seed: int = typer.Option(0, "--seed", help="Seed of every sampling model's per-window seeds."),
+    out: str = typer.Option(None, "--out", help="Run directory (default: <runs dir>/backtest-...)."),
+    address: str = typer.Option(None, "--address", help="Ray address (default: cluster.address; 'local' embeds)."),
+    store: str = STORE_OPTION,
+    json_out: bool = JSON_OPTION,
+) -> None:
+    """Forecast walk-forward without look-ahead, trade with costs and funding, and report."""
+    from fmtrade.backtest.outputs import clean
+    from jobs.backtest import SUMMARY_COLUMNS, prepare, run_and_write
+
+    job = prepare(
+        settings(), split_csv(symbols, "--symbols"), split_csv(models, "--models") or None, store,
+        start=start, end=end, context=context, horizon=horizon, rebalance=rebalance, strategy=strategy,
+        category=category, interval=interval, seed=seed,
+    )  # fmt: skip
+    run, path = run_and_write(job, out, address)
+    if json_out:
+        emit_json(clean(run.summary))
+    else:
+        cfg = job.config
+        print_table(run.summary, SUMMARY_COLUMNS, title=f"backtest {cfg.start:%Y-%m-%d} .. {cfg.end:%Y-%m-%d}")
+    typer.echo(f"run written to {path} (report: {path / 'report.html'})", err=True)

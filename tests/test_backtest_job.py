@@ -1,0 +1,93 @@
+"""The Ray backtest job on an embedded local Ray: same results as in-process, clear errors."""
+
+from __future__ import annotations
+
+import functools
+
+import numpy as np
+import pandas as pd
+import pytest
+import ray
+
+from fmtrade.config import load_settings
+from fmtrade.errors import InputError
+from fmtrade.evaluation import EvalParams, evaluate_symbol
+from fmtrade.models.registry import ModelSpec, build_forecaster
+from jobs.backtest import PoolOptions, run_backtest
+from jobs.evaluate import run_evaluate_job
+from jobs.ray_runtime import init_ray
+from tests.backtest_support import BootstrapForecaster, DriftForecaster, synthetic_markets
+from tests.test_backtest_results import CONFIG, backtest
+
+
+@pytest.fixture(scope="module")
+def local_ray():
+    init_ray("local", num_cpus=2)
+    yield
+    ray.shutdown()
+
+
+@pytest.fixture(scope="module")
+def markets():
+    return synthetic_markets(("AAA", "BBB", "CCC"), hours=1600)
+
+
+FACTORIES = {"drift": DriftForecaster, "bootstrap": BootstrapForecaster}
+
+
+@pytest.mark.slow
+def test_ray_job_equals_the_in_process_backtest_whatever_the_placement(local_ray, markets):
+    options = PoolOptions(actors=2, num_cpus=0.5, chunk_size=45)  # many chunks over two actors per model
+    seen = []
+    run = run_backtest(
+        markets,
+        FACTORIES,
+        CONFIG,
+        ensemble_weights={"drift": 2.0, "bootstrap": 1.0},
+        options=options,
+        progress=seen.append,
+    )
+    local = backtest(markets)
+    assert sum(seen) == len(local.frame("forecasts"))
+    for name in ("positions", "forecasts", "trades"):
+        remote = run.frame(name)
+        remote = remote[remote["model"] != "ensemble"].reset_index(drop=True)
+        pd.testing.assert_frame_equal(remote, local.frame(name), check_exact=True)
+    assert {r["model"] for r in run.summary} == {"drift", "bootstrap", "ensemble", "buy-and-hold"}
+    assert [r["symbol"] for r in run.summary][::4] == ["AAA", "BBB", "CCC"]
+    # The ensemble is the weighted combination of the members (2:1): its mean, so its expected return, too.
+    fc = run.frame("forecasts").set_index(["symbol", "timestamp", "model"])["expected_return"].unstack("model")
+    np.testing.assert_allclose(fc["ensemble"], (2 * fc["drift"] + fc["bootstrap"]) / 3, rtol=1e-12, atol=1e-15)
+
+
+def test_horizon_beyond_a_models_max_fails_before_any_forecast(local_ray, markets):
+    seen = []
+    short = {"drift": functools.partial(DriftForecaster, max_horizon=12)}
+    with pytest.raises(InputError, match="horizon: 24 exceeds drift's max_horizon 12"):
+        run_backtest(markets, short, CONFIG, progress=seen.append)
+    assert seen == []
+
+
+@pytest.mark.slow
+def test_evaluate_job_matches_the_in_process_evaluation(local_ray, markets):
+    settings = load_settings()
+    specs = [ModelSpec(name="random-walk", adapter="random-walk"), ModelSpec(name="naive", adapter="naive")]
+    params = EvalParams(128, 12, 24, None, None)
+    series = {s: pd.Series(m.close, index=m.timestamps) for s, m in markets.items()}
+    rows = run_evaluate_job(series, specs, settings, params, {"random-walk": 1.0, "naive": 1.0})
+    local = []
+    for symbol, closes in series.items():
+        models = {spec.name: build_forecaster(spec, settings) for spec in specs}
+        local.extend(evaluate_symbol(symbol, closes, models, params, {"random-walk": 1.0, "naive": 1.0}))
+    assert rows == local
+    assert [r["symbol"] for r in rows] == [s for s in series for _ in range(3)]
+
+
+@pytest.mark.slow
+@pytest.mark.timeout(180)
+def test_more_models_than_the_cluster_holds_run_in_turn_without_deadlock(local_ray, markets):
+    names = ("drift-a", "drift-b", "drift-c")
+    factories = {n: functools.partial(DriftForecaster, name=n, lookback=24 + 8 * i) for i, n in enumerate(names)}
+    options = PoolOptions(actors=2, num_cpus=0.75, chunk_size=60)  # 6 actors x 0.75 CPU > 2 CPUs
+    run = run_backtest({"AAA": markets["AAA"]}, factories, CONFIG, options=options)
+    assert [r["model"] for r in run.summary] == [*names, "buy-and-hold"]
