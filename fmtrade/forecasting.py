@@ -66,7 +66,7 @@ def future_timestamps(last: pd.Timestamp, interval: str, horizon: int) -> list[s
     return [iso(last + step * (k + 1)) for k in range(horizon)]
 
 
-def _quantile_dict(forecast: Forecast, row: int = 0) -> dict[str, list[float]]:
+def quantile_dict(forecast: Forecast, row: int = 0) -> dict[str, list[float]]:
     return {f"{q:g}": forecast.quantiles[row, :, i].tolist() for i, q in enumerate(forecast.quantile_levels)}
 
 
@@ -97,11 +97,11 @@ def forecast_document(
         "horizon": horizon,
         "timestamps": future_timestamps(closes.index[-1], interval, horizon),
         "models": {
-            name: {"mean": fc.mean[0].tolist(), "quantiles": _quantile_dict(fc)} for name, fc in result.members.items()
+            name: {"mean": fc.mean[0].tolist(), "quantiles": quantile_dict(fc)} for name, fc in result.members.items()
         },
         ENSEMBLE_NAME: {
             "mean": combined.mean[0].tolist(),
-            "quantiles": _quantile_dict(combined),
+            "quantiles": quantile_dict(combined),
             "disagreement": combined.extras["disagreement"][0].tolist(),
         },
         "weights": result.weights,

@@ -5,6 +5,7 @@ from __future__ import annotations
 import typer
 
 from fmtrade.cli.common import JSON_OPTION, STORE_OPTION, emit_json, print_table, settings, split_csv
+from fmtrade.client import forecast_remote
 from fmtrade.data.intervals import check_category, check_interval
 from fmtrade.data.store import Store
 from fmtrade.ensemble import ENSEMBLE_NAME
@@ -31,6 +32,7 @@ def forecast(
     quantiles: str = typer.Option("0.1,0.5,0.9", "--quantiles", help="Comma-separated quantile levels."),
     context: int = typer.Option(512, "--context", help="Bars of history each model sees."),
     store: str = STORE_OPTION,
+    url: str = typer.Option(None, "--url", help="Query a running `fmtrade serve` API instead of local models."),
     json_out: bool = JSON_OPTION,
 ) -> None:
     """Forecast the bars after the last stored bar with each model and their weighted ensemble."""
@@ -42,6 +44,16 @@ def forecast(
         raise InputError("horizon", f"must be a positive number of bars, got {horizon}")
     if context < 2:
         raise InputError("context", f"must be at least 2 bars, got {context}")
+    if url:
+        doc = forecast_remote(
+            url, symbol, category=category, interval=interval, horizon=horizon, quantiles=levels,
+            models=split_csv(models, "--models") or None, context_length=context,
+        )  # fmt: skip
+        if json_out:
+            emit_json(doc)
+        else:
+            _print(doc)
+        return
     specs = select_specs(active_specs(cfg), split_csv(models, "--models") or None)
     closes = load_closes(Store(cfg.store_uri(store)), symbol, interval, category)
     if len(closes) < context:

@@ -1,0 +1,256 @@
+"""Load test of the served HTTP API: throughput and latency, batching on vs off, Serve vs direct.
+
+Starts Ray (embedded) and Serve with two applications serving the same single model:
+``/on`` batches up to ``--max-batch`` series per model call, ``/off`` has
+``max_batch_size: 1``. For each number of concurrent clients (default 1, 16, 64)
+each application is driven for ``--duration`` seconds by that many httpx clients
+(asyncio, one connection each) posting ``/v1/forecast`` with an explicit context;
+requests/s and p50/p95/p99 latency are printed, with the on/off ratio.
+
+Serve vs direct: the mean batch size the model actually formed under load (reported
+by the service per request as ``models[NAME].batch_size``) is matched to the nearest
+measured batch size, at which the same model is called in this process (with the
+replica's thread count) before and after serving; served throughput / direct
+throughput at the same batch size is the efficiency of the serving path. The
+single-client latency minus the direct batch-1 call time is Serve's per-request
+overhead (proxy, ingress, model replica hops and JSON). Server CPU per request is
+read from each Serve process's CPU time (psutil), which contention does not inflate
+the way it inflates wall time.
+
+The load generator shares the machine with the service: on a 2-core VM its CPU
+competes with the replicas, so absolute numbers are pessimistic.
+
+    .venv/bin/python bench/serve_load.py [--model chronos-bolt-fm-tiny] [--clients 1,16,64]
+        [--size tiny|small] [--duration 10] [--max-batch 64] [--json]
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import json
+import os
+import statistics
+import sys
+import tempfile
+import time
+from pathlib import Path
+from typing import Any
+
+import httpx
+import numpy as np
+import torch
+
+from fmtrade.config import load_settings
+from fmtrade.data.synthetic import SyntheticSpec, synthesize
+from fmtrade.models.registry import active_specs, build_forecaster, is_available, select_specs
+from fmtrade.models.zoo import build_zoo
+
+HORIZON = 24
+LEVELS = [0.1, 0.5, 0.9]
+
+
+def contexts(count: int, length: int) -> list[list[float]]:
+    closes = synthesize(["SYN"], SyntheticSpec(hours=20_000, seed=0)).bars["SYN"]["close"].to_numpy(float)
+    starts = np.linspace(0, closes.size - length, count).astype(int)
+    return [closes[s : s + length].tolist() for s in starts]
+
+
+async def drive(url: str, clients: int, duration: float, pool: list[list[float]], model: str) -> dict[str, Any]:
+    """``clients`` concurrent closed-loop clients for ``duration`` seconds."""
+    latencies: list[float] = []
+    batch_sizes: list[int] = []
+    errors = 0
+    stop = time.perf_counter() + duration
+
+    async def client(i: int, http: httpx.AsyncClient) -> None:
+        nonlocal errors
+        k = i
+        while time.perf_counter() < stop:
+            body = {"context": pool[k % len(pool)], "horizon": HORIZON, "quantiles": LEVELS, "models": [model]}
+            k += clients
+            began = time.perf_counter()
+            response = await http.post(f"{url}/v1/forecast", json=body)
+            if response.status_code != 200:
+                errors += 1
+                continue
+            latencies.append(time.perf_counter() - began)
+            batch_sizes.append(response.json()["models"][model]["batch_size"])
+
+    limits = httpx.Limits(max_connections=clients, max_keepalive_connections=clients)
+    async with httpx.AsyncClient(timeout=120, limits=limits) as http:
+        began = time.perf_counter()
+        await asyncio.gather(*(client(i, http) for i in range(clients)))
+        elapsed = time.perf_counter() - began
+    ms = np.array(latencies) * 1000.0
+    return {
+        "clients": clients,
+        "requests": len(latencies),
+        "errors": errors,
+        "rps": len(latencies) / elapsed,
+        "p50_ms": float(np.percentile(ms, 50)) if ms.size else None,
+        "p95_ms": float(np.percentile(ms, 95)) if ms.size else None,
+        "p99_ms": float(np.percentile(ms, 99)) if ms.size else None,
+        "mean_batch": statistics.fmean(batch_sizes) if batch_sizes else 0.0,
+    }
+
+
+def direct_rate(model: Any, pool: list[list[float]], batch: int, seconds: float) -> float:
+    """Forecasts/s calling the adapter in this process at ``batch`` rows per call."""
+    rows = [np.asarray(pool[i % len(pool)]) for i in range(batch)]
+    model.forecast(rows, HORIZON, LEVELS)
+    calls, began = 0, time.perf_counter()
+    while time.perf_counter() - began < seconds:
+        model.forecast(rows, HORIZON, LEVELS)
+        calls += 1
+    return calls * batch / (time.perf_counter() - began)
+
+
+def server_cpu_s(app: str) -> dict[str, float]:
+    """CPU seconds so far of the Serve proxy and of ``app``'s replicas, by role."""
+    import psutil
+
+    out: dict[str, float] = {}
+    for proc in psutil.process_iter(["cmdline"]):
+        try:
+            cmd = " ".join(proc.info["cmdline"] or [])
+            marker = f"ServeReplica:{app}:"
+            role = "proxy" if "ProxyActor" in cmd else cmd.split(marker, 1)[1].split()[0] if marker in cmd else None
+            if role:
+                times = proc.cpu_times()
+                out[role] = out.get(role, 0.0) + times.user + times.system
+        except (psutil.NoSuchProcess, psutil.AccessDenied, IndexError):
+            continue
+    return out
+
+
+def served(url: str, app: str, clients: int, duration: float, pool: list[list[float]], model: str) -> dict[str, Any]:
+    """One load run plus the server CPU it cost per request, by process role."""
+    before = server_cpu_s(app)
+    run = asyncio.run(drive(url, clients, duration, pool, model))
+    after = server_cpu_s(app)
+    n = max(run["requests"], 1)
+    run["cpu_ms_per_request"] = {k: round((after[k] - before.get(k, 0.0)) / n * 1000.0, 2) for k in after}
+    return run
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--model", default="chronos-bolt-fm-tiny")
+    parser.add_argument("--clients", default="1,16,64")
+    parser.add_argument("--duration", type=float, default=10.0)
+    parser.add_argument("--max-batch", type=int, default=64)
+    parser.add_argument("--batch-wait-s", type=float, default=0.005)
+    parser.add_argument("--size", default="tiny", choices=["tiny", "small"], help="zoo checkpoint size")
+    parser.add_argument("--context", type=int, default=512)
+    parser.add_argument("--num-cpus", type=float, default=0.5, help="CPU share of each model replica")
+    parser.add_argument("--ray-defaults", action="store_true",
+                        help="Ray Serve's stock settings instead of serve.runner.FAST_PATH_ENV")
+    parser.add_argument("--json", action="store_true")
+    args = parser.parse_args()
+    levels = [int(c) for c in args.clients.split(",")]
+
+    import ray
+    from ray import serve
+
+    from jobs.ray_runtime import init_ray
+    from serve.app import build_app
+    from serve.runner import start_local_ray
+
+    home = Path(tempfile.mkdtemp(prefix="fmtrade-serve-bench-"))
+    os.environ["FMTRADE_HOME"] = str(home)
+    settings = load_settings(None, {"home": str(home)})
+    spec = select_specs(active_specs(settings), [args.model])[0]
+    if not is_available(spec, settings):
+        build_zoo(settings, only=[args.model], size=args.size)
+    pool = contexts(256, args.context)
+    model = build_forecaster(spec, settings)
+    # Ray runs a replica with OMP_NUM_THREADS = its whole CPUs (at least 1): match it, or the direct
+    # numbers measure a different thread count (2 threads on a busy 2-core VM were 10x slower).
+    torch.set_num_threads(max(1, int(args.num_cpus)))
+    batches = [b for b in (1, 2, 4, 8, 16, 32, 64) if b <= args.max_batch]
+    direct_before = {b: direct_rate(model, pool, b, 2.0) for b in batches}
+
+    small = {"num_cpus": 0.1, "max_ongoing_requests": 512}
+    port = 8000 + os.getpid() % 1000
+
+    def app_args(max_batch: int) -> dict[str, Any]:
+        return {
+            "settings": {"home": str(home)},
+            "models": [args.model],
+            "model_defaults": {"num_cpus": args.num_cpus, "max_batch_size": max_batch,
+                               "batch_wait_timeout_s": args.batch_wait_s if max_batch > 1 else 0.0,
+                               "max_ongoing_requests": max(2 * args.max_batch, 8)},
+            "ensemble": small,
+            "ingress": small,
+            "limits": {"default_context_length": args.context},
+        }  # fmt: skip
+
+    if args.ray_defaults:
+        init_ray("local")
+    else:
+        start_local_ray()
+    results: dict[str, Any] = {"model": args.model, "size": args.size, "context": args.context, "horizon": HORIZON,
+                               "ray_defaults": args.ray_defaults, "runs": []}  # fmt: skip
+    try:
+        serve.start(http_options={"host": "127.0.0.1", "port": port})
+        serve.run(build_app(app_args(args.max_batch)), name="on", route_prefix="/on", blocking=False)
+        serve.run(build_app(app_args(1)), name="off", route_prefix="/off", blocking=False)
+        base = f"http://127.0.0.1:{port}"
+        for mode in ("on", "off"):  # warm-up: first requests pay lazy init in every hop
+            asyncio.run(drive(f"{base}/{mode}", 4, 2.0, pool, args.model))
+        for clients in levels:
+            for mode in ("on", "off"):
+                run = served(f"{base}/{mode}", mode, clients, args.duration, pool, args.model)
+                run["batching"] = mode
+                results["runs"].append(run)
+                print(f"{mode:>3} clients={clients:>3} rps={run['rps']:8.1f} p50={run['p50_ms']:.1f}ms "
+                      f"p95={run['p95_ms']:.1f}ms p99={run['p99_ms']:.1f}ms mean_batch={run['mean_batch']:.1f} "
+                      f"errors={run['errors']} cpu_ms/req={run['cpu_ms_per_request']}", file=sys.stderr)  # fmt: skip
+    finally:
+        serve.shutdown()
+        ray.shutdown()
+
+    runs = {(r["batching"], r["clients"]): r for r in results["runs"]}
+    top = max(levels)
+    on_top = runs[("on", top)]
+    same_batch = min(batches, key=lambda b: abs(b - on_top["mean_batch"]))
+    direct_after = direct_rate(model, pool, same_batch, 2.0)
+    direct = (direct_before[same_batch] + direct_after) / 2.0
+    single = runs[("on", min(levels))]
+    results.update(
+        batching_ratio_at_max_clients=on_top["rps"] / runs[("off", top)]["rps"],
+        direct_before={str(b): r for b, r in direct_before.items()},
+        direct_same_batch={"batch": same_batch, "before": direct_before[same_batch], "after": direct_after},
+        served_over_direct=on_top["rps"] / direct,
+        overhead_ms_per_request=single["p50_ms"] - 1000.0 / direct_before[1],
+    )
+    if args.json:
+        print(json.dumps(results, indent=2))
+        return
+    print(f"\nmodel {args.model} ({args.size} zoo checkpoint), context {args.context}, horizon {HORIZON}, "
+          f"{args.duration:g}s per run, "
+          f"{'Ray Serve defaults' if args.ray_defaults else 'serve.runner.FAST_PATH_ENV'}")  # fmt: skip
+    print("| clients | batching on req/s | p50 / p95 / p99 ms | mean batch | batching off req/s | p50 / p95 / p99 ms "
+          "| on / off |")
+    print("|---|---|---|---|---|---|---|")
+    for clients in levels:
+        on, off = runs[("on", clients)], runs[("off", clients)]
+        print(f"| {clients} | {on['rps']:.1f} | {on['p50_ms']:.0f} / {on['p95_ms']:.0f} / {on['p99_ms']:.0f} "
+              f"| {on['mean_batch']:.1f} | {off['rps']:.1f} | {off['p50_ms']:.0f} / {off['p95_ms']:.0f} / "
+              f"{off['p99_ms']:.0f} | {on['rps'] / off['rps']:.2f} |")  # fmt: skip
+    cpu = on_top["cpu_ms_per_request"]
+    print(f"\nserver CPU per request at {top} clients, batching on (ms): "
+          + ", ".join(f"{k} {v}" for k, v in sorted(cpu.items())) + f"; total {sum(cpu.values()):.1f}")
+    print("direct adapter forecasts/s by batch (before serving): "
+          + ", ".join(f"{b}: {r:.0f}" for b, r in direct_before.items()))
+    print(f"direct at batch {same_batch} (mean served batch {on_top['mean_batch']:.1f}): "
+          f"{direct_before[same_batch]:.1f} before / {direct_after:.1f} after serving; "
+          f"served at {top} clients {on_top['rps']:.1f} req/s "
+          f"-> served / direct = {results['served_over_direct']:.2f}")  # fmt: skip
+    print(f"direct batch 1: {1000.0 / direct_before[1]:.1f} ms/call; served p50 at {min(levels)} client(s) "
+          f"{single['p50_ms']:.1f} ms -> Serve overhead {results['overhead_ms_per_request']:.1f} ms/request")
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,65 @@
+"""``fmtrade serve up|status|down``: run the Ray Serve forecast service (see :mod:`serve.runner`)."""
+
+from __future__ import annotations
+
+import typer
+
+from fmtrade.cli.common import JSON_OPTION, CliState, emit_json, settings
+
+app = typer.Typer(help="Run the Ray Serve forecast service (HTTP API).", no_args_is_help=True)
+
+ADDRESS_OPTION = typer.Option(
+    None, "--address", help="Ray cluster: auto (the running one), local (embedded Ray), host:port, ray://... "
+    "(default: the running cluster if any, else an embedded Ray)."
+)
+
+
+@app.command("up")
+def up(
+    config: str = typer.Option(None, "--config", help="Serve config file (default: serve.config, serve/config.yaml)."),
+    address: str = ADDRESS_OPTION,
+    host: str = typer.Option(None, "--host", help="HTTP host (default: the file's, else serve.host)."),
+    port: int = typer.Option(None, "--port", help="HTTP port (default: the file's, else serve.port)."),
+    detach: bool = typer.Option(False, "--detach", help="Return once the service is ready; it keeps running."),
+    json_out: bool = JSON_OPTION,
+) -> None:
+    """Deploy the service and wait until every model answers; without --detach, serve until Ctrl-C."""
+    from serve import runner
+
+    result = runner.up(settings(), config, address, host, port, detach, fmtrade_config=CliState.config)
+    if json_out:
+        emit_json(result)
+    else:
+        typer.echo(f"fmtrade serve: ready at {result['url']} (applications: {', '.join(result['applications'])})")
+    if not detach:
+        typer.echo("serving until Ctrl-C", err=True)
+        runner.serve_forever()
+
+
+@app.command("status")
+def status(address: str = ADDRESS_OPTION, json_out: bool = JSON_OPTION) -> None:
+    """Applications, deployments and replica states."""
+    from serve import runner
+
+    result = runner.status(settings(), address)
+    if json_out:
+        emit_json(result)
+        return
+    typer.echo(f"url: {result['url'] or '-'}")
+    for name, application in result["applications"].items():
+        typer.echo(f"{name}: {application['status']}")
+        for dep, info in application["deployments"].items():
+            replicas = ", ".join(f"{k.lower()} {v}" for k, v in info["replicas"].items()) or "no replicas"
+            typer.echo(f"  {dep}: {info['status']} ({replicas})")
+
+
+@app.command("down")
+def down(address: str = ADDRESS_OPTION, json_out: bool = JSON_OPTION) -> None:
+    """Delete the applications (and the local Ray head that `up --detach` started)."""
+    from serve import runner
+
+    result = runner.down(settings(), address)
+    if json_out:
+        emit_json(result)
+    else:
+        typer.echo("fmtrade serve: stopped" if result["stopped"] else f"fmtrade serve: {result['reason']}")

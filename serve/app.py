@@ -1,0 +1,58 @@
+"""``build_app(args)``: the whole Serve application from one config document.
+
+``serve/config.yaml`` names this builder as its ``import_path`` with ``args``, so
+``serve run serve/config.yaml``, ``serve deploy`` and a KubeRay RayService
+``serveConfigV2`` all build the same graph::
+
+    Ingress (FastAPI)  ->  EnsembleDeployment  ->  model-<name>  (one per served model)
+    Ingress            ->  model-<name>  directly, when a request names a single model
+
+Deployment names are ``api``, ``ensemble`` and ``model-<name>``, so Serve's own
+per-deployment overrides in a config file can target them too.
+"""
+
+from __future__ import annotations
+
+import logging
+from typing import Any
+
+from ray.serve import Application
+
+from fmtrade.errors import ConfigError
+from fmtrade.models.registry import active_specs, is_available, select_specs
+from serve.deployments import EnsembleDeployment, ModelDeployment
+from serve.ingress import Ingress
+from serve.options import AppConfig
+
+log = logging.getLogger("fmtrade.serve")
+
+
+def served_models(cfg: AppConfig) -> list[str]:
+    """The models named in the config (each must be available), or every enabled model whose
+    weights are present (skipped ones are logged: build them with ``fmtrade models build``)."""
+    settings = cfg.load_settings()
+    specs = select_specs(active_specs(settings), cfg.models)
+    missing = [s.name for s in specs if not is_available(s, settings)]
+    if cfg.models and missing:
+        raise ConfigError(f"models: {', '.join(missing)} not available (run `fmtrade models build`)")
+    if missing:
+        log.warning("not serving %s: checkpoints not built (run `fmtrade models build`)", ", ".join(missing))
+    names = [s.name for s in specs if s.name not in missing]
+    if not names:
+        raise ConfigError("models: no model is available to serve")
+    unknown = sorted(set(cfg.model_options) - {s.name for s in specs})
+    if unknown:
+        raise ConfigError(f"model_options: {', '.join(unknown)} not among the served models")
+    return names
+
+
+def build_app(args: dict[str, Any] | None = None) -> Application:
+    """Application builder for ``import_path: serve.app:build_app``."""
+    cfg = AppConfig.parse(args)
+    doc = cfg.to_args()
+    members = {
+        name: ModelDeployment.options(**cfg.options_for(name).deployment_options(f"model-{name}")).bind(name, doc)
+        for name in served_models(cfg)
+    }
+    ensemble = EnsembleDeployment.options(**cfg.ensemble.deployment_options("ensemble")).bind(members, doc)
+    return Ingress.options(**cfg.ingress.deployment_options("api")).bind(ensemble, members, doc)

@@ -1,0 +1,223 @@
+"""The model and ensemble deployments.
+
+``ModelDeployment`` is one class configured per registry model: each replica loads
+its forecaster once, merges concurrent requests with ``@serve.batch`` (batch size
+counted in series, not requests) and keeps per-symbol LoRA variants through
+``@serve.multiplexed`` (model id = adapter name). ``EnsembleDeployment`` fans a
+request out to the members concurrently, gives each a time budget, combines the
+answers with :func:`fmtrade.ensemble.combine` and reports the members it dropped.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import time
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+from ray import serve
+from ray.serve.handle import DeploymentHandle
+
+from fmtrade.config import Settings
+from fmtrade.ensemble import combine, normalise_weights
+from fmtrade.errors import InputError
+from fmtrade.models.base import Forecast, Forecaster
+from fmtrade.models.registry import ModelSpec, active_specs, build_forecaster, select_specs
+from serve.messages import (
+    EnsembleRequest,
+    EnsembleResult,
+    MembersFailed,
+    ModelRequest,
+    ModelResult,
+    unwrap,
+)
+from serve.options import AppConfig
+
+_HEALTH_CONTEXT = np.linspace(100.0, 101.0, 64)
+
+#: A member call's result: its answer, the exception it raised, or why it was dropped.
+Outcome = ModelResult | BaseException | str
+
+
+def adapter_dir(settings: Settings, model: str, adapter: str) -> Path:
+    """Where the training job publishes a LoRA adapter: ``<zoo>/adapters/<model>/<adapter>/``."""
+    return settings.zoo_dir() / "adapters" / model / adapter
+
+
+def has_adapter(settings: Settings, model: str, adapter: str) -> bool:
+    return (adapter_dir(settings, model, adapter) / "adapter_config.json").is_file()
+
+
+def model_spec(settings: Settings, name: str) -> ModelSpec:
+    return select_specs(active_specs(settings), [name])[0]
+
+
+def _rows(requests: list[ModelRequest]) -> int:
+    return sum(r.rows for r in requests)
+
+
+@serve.deployment
+class ModelDeployment:
+    """Serves one registry model; see the module docstring."""
+
+    def __init__(self, model: str, app_args: dict[str, Any]) -> None:
+        cfg = AppConfig.parse(app_args)
+        self.settings = cfg.load_settings()
+        self.spec = model_spec(self.settings, model)
+        self.options = cfg.options_for(model)
+        self.base = build_forecaster(self.spec, self.settings)
+        self._batched.set_max_batch_size(self.options.max_batch_size)
+        self._batched.set_batch_wait_timeout_s(self.options.batch_wait_timeout_s)
+        # The LRU size comes from config, so the multiplexed loader is wired here rather than
+        # decorated on the class (Serve detects multiplexing set up at init time).
+        self._adapter = serve.multiplexed(max_num_models_per_replica=self.options.max_adapters_per_replica)(
+            self._make_loader()
+        )
+
+    def _make_loader(self):
+        async def load_adapter(adapter: str) -> Forecaster:
+            path = adapter_dir(self.settings, self.spec.name, adapter)
+            spec = self.spec.model_copy(update={"options": {**self.spec.options, "adapter": str(path)}})
+            return await asyncio.to_thread(build_forecaster, spec, self.settings)
+
+        return load_adapter
+
+    async def forecast(self, request: ModelRequest) -> ModelResult:
+        if self.options.delay_s:
+            await asyncio.sleep(self.options.delay_s)
+        if self.options.fail_with:
+            raise RuntimeError(self.options.fail_with)
+        result = await self._batched(request)
+        if isinstance(result, Exception):
+            raise result
+        return result
+
+    @serve.batch(max_batch_size=32, batch_wait_timeout_s=0.005, batch_size_fn=_rows)
+    async def _batched(self, requests: list[ModelRequest]) -> list[ModelResult | Exception]:
+        """One model call per (horizon, levels) group of the merged requests. Serve splits
+        batches by multiplexed id, so every request here wants the same adapter."""
+        adapter = serve.get_multiplexed_model_id() or None
+        model = await self._adapter(adapter) if adapter else self.base
+        groups: dict[tuple[int, tuple[float, ...]], list[int]] = {}
+        for i, req in enumerate(requests):
+            groups.setdefault((req.horizon, req.quantile_levels), []).append(i)
+        out: list[ModelResult | Exception] = [RuntimeError("unanswered")] * len(requests)
+        for (horizon, levels), members in groups.items():
+            contexts = [c for i in members for c in requests[i].contexts]
+            start = time.perf_counter()
+            try:
+                forecast = await asyncio.to_thread(model.forecast, contexts, horizon, levels)
+            except Exception:  # noqa: BLE001 - one bad request must not fail its batch-mates: retry alone
+                for i in members:
+                    out[i] = await self._alone(model, requests[i], adapter)
+                continue
+            ms = (time.perf_counter() - start) * 1000.0
+            offset = 0
+            for i in members:
+                rows = range(offset, offset + requests[i].rows)
+                out[i] = ModelResult(forecast.take(rows), adapter, ms, len(contexts))
+                offset += requests[i].rows
+        return out
+
+    @staticmethod
+    async def _alone(model: Forecaster, request: ModelRequest, adapter: str | None) -> ModelResult | Exception:
+        start = time.perf_counter()
+        try:
+            forecast = await asyncio.to_thread(
+                model.forecast, request.contexts, request.horizon, request.quantile_levels
+            )
+        except Exception as exc:  # noqa: BLE001 - handed back to this request's caller
+            return exc
+        return ModelResult(forecast, adapter, (time.perf_counter() - start) * 1000.0, request.rows)
+
+    def describe(self) -> dict[str, Any]:
+        """Static facts the API validates against and /v1/models reports."""
+        wrapper = getattr(self._adapter.__wrapped__, "__serve_multiplex_wrapper", None)
+        return {
+            "name": self.spec.name,
+            "family": self.spec.family,
+            "device": self.base.device,
+            "max_horizon": int(self.base.max_horizon),
+            "max_context": int(self.base.max_context),
+            "min_context": int(self.base.min_context),
+            "weight": self.spec.weight,
+            "max_batch_size": self.options.max_batch_size,
+            "batch_wait_timeout_s": self.options.batch_wait_timeout_s,
+            "adapters_loaded": sorted(wrapper.models) if wrapper is not None else [],
+        }
+
+    async def check_health(self) -> None:
+        """Really run the model on a tiny context: a replica whose model broke is restarted."""
+        await asyncio.to_thread(self.base.forecast, [_HEALTH_CONTEXT], 1, (0.5,))
+
+
+class FanOut:
+    """Concurrent member calls with a per-member time budget, combined with the registry weights
+    renormalised over the members that answered; failed or late members are reported.
+
+    The ensemble deployment runs it for multi-model requests; the ingress runs it itself for a
+    one-model request, where a separate ensemble hop would only add a round trip.
+    """
+
+    def __init__(self, members: dict[str, DeploymentHandle], settings: Settings, timeout_s: float) -> None:
+        self.members = members
+        self.settings = settings
+        self.timeout_s = timeout_s
+        self.weights = {s.name: s.weight for s in active_specs(settings) if s.name in members}
+
+    async def forecast(self, request: EnsembleRequest) -> EnsembleResult:
+        names = request.models or tuple(self.members)
+        outcomes = await asyncio.gather(*(self._member(name, request) for name in names))
+        forecasts: dict[str, Forecast] = {}
+        adapters: dict[str, str | None] = {}
+        latency: dict[str, float] = {}
+        batch_rows: dict[str, int] = {}
+        failed: dict[str, str] = {}
+        input_errors: dict[str, tuple[str, str]] = {}
+        for name, outcome, ms in outcomes:
+            latency[name] = ms
+            if isinstance(outcome, ModelResult):
+                forecasts[name] = outcome.forecast
+                adapters[name] = outcome.adapter
+                batch_rows[name] = outcome.batch_rows
+            else:
+                failed[name] = outcome if isinstance(outcome, str) else f"{type(outcome).__name__}: {outcome}"
+                if isinstance(outcome, InputError):
+                    input_errors[name] = (outcome.field, outcome.reason)
+        if not forecasts:
+            raise MembersFailed(failed, input_errors)
+        weights = normalise_weights(self.weights, forecasts)
+        ensemble = combine(forecasts, weights)
+        return EnsembleResult(forecasts, ensemble, weights, failed, adapters, latency, batch_rows)
+
+    async def _member(self, name: str, request: EnsembleRequest) -> tuple[str, Outcome, float]:
+        handle = self.members[name]
+        if request.symbol and has_adapter(self.settings, name, request.symbol):
+            handle = handle.options(multiplexed_model_id=request.symbol)
+        call = ModelRequest(request.contexts, request.horizon, request.quantile_levels)
+        start = time.perf_counter()
+        response = handle.forecast.remote(call)
+        try:
+            outcome: Outcome = await asyncio.wait_for(response, self.timeout_s)
+        except TimeoutError:
+            response.cancel()
+            outcome = f"timed out after {self.timeout_s:g}s"
+        except Exception as exc:  # noqa: BLE001 - a failing member is dropped and reported
+            outcome = unwrap(exc)
+        return name, outcome, (time.perf_counter() - start) * 1000.0
+
+
+@serve.deployment
+class EnsembleDeployment:
+    """Serves :class:`FanOut` for multi-model requests."""
+
+    def __init__(self, members: dict[str, DeploymentHandle], app_args: dict[str, Any]) -> None:
+        cfg = AppConfig.parse(app_args)
+        self.fan_out = FanOut(members, cfg.load_settings(), cfg.ensemble.timeout_s)
+
+    async def forecast(self, request: EnsembleRequest) -> EnsembleResult:
+        return await self.fan_out.forecast(request)
+
+    async def check_health(self) -> None:
+        """The ensemble holds no model; it is healthy when its process answers."""

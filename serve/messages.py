@@ -1,0 +1,76 @@
+"""What the deployments hand each other through Serve handles.
+
+Plain dataclasses of numpy arrays: they pickle compactly (no JSON round trip of
+long contexts between replicas) and carry exactly what the next hop needs.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+
+import numpy as np
+
+from fmtrade.models.base import Forecast
+
+
+@dataclass(frozen=True)
+class ModelRequest:
+    """A batch of validated contexts for one model (one HTTP request's series)."""
+
+    contexts: list[np.ndarray]
+    horizon: int
+    quantile_levels: tuple[float, ...]
+
+    @property
+    def rows(self) -> int:
+        return len(self.contexts)
+
+
+@dataclass(frozen=True)
+class ModelResult:
+    """One model's answer, with the LoRA adapter that produced it (None: the base model)."""
+
+    forecast: Forecast
+    adapter: str | None
+    compute_ms: float  # the batched model call this request rode in
+    batch_rows: int  # series in that call (>= this request's rows when batching merged requests)
+
+
+@dataclass(frozen=True)
+class EnsembleRequest:
+    contexts: list[np.ndarray]
+    horizon: int
+    quantile_levels: tuple[float, ...]
+    models: tuple[str, ...]
+    symbol: str | None = None  # selects per-symbol adapters
+
+
+@dataclass(frozen=True)
+class EnsembleResult:
+    forecasts: dict[str, Forecast]
+    ensemble: Forecast
+    weights: dict[str, float]
+    failed: dict[str, str]
+    adapters: dict[str, str | None]
+    latency_ms: dict[str, float] = field(default_factory=dict)
+    batch_rows: dict[str, int] = field(default_factory=dict)
+
+
+class MembersFailed(Exception):
+    """No member answered: the API maps this to 503 with every reason (or 422 when every
+    member rejected the input itself)."""
+
+    def __init__(self, failed: dict[str, str], input_errors: dict[str, tuple[str, str]]) -> None:
+        self.failed = failed
+        self.input_errors = input_errors  # name -> (field, reason) for members that raised InputError
+        super().__init__("no model answered: " + "; ".join(f"{k}: {v}" for k, v in failed.items()))
+
+    def __reduce__(self):  # keep both fields across Ray's pickling of exceptions
+        return (MembersFailed, (self.failed, self.input_errors))
+
+
+def unwrap(exc: BaseException) -> BaseException:
+    """Ray re-raises a replica's exception as a ``RayTaskError`` subclass of the original type
+    that lacks the original's attributes; the original travels as ``cause``."""
+    cause = getattr(exc, "cause", None)
+    return cause if isinstance(cause, BaseException) else exc

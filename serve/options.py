@@ -1,0 +1,155 @@
+"""The serve application's configuration: the ``args`` of ``serve/config.yaml``.
+
+One validated document describes the whole application (which models, how each
+deployment is placed, batched, scaled and multiplexed), so the same YAML works
+for ``fmtrade serve up``, ``serve run``, ``serve deploy`` and a KubeRay
+``serveConfigV2``. Replicas receive the document (not a live Settings object) and
+rebuild their settings from it, because they may run on another machine.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+from pydantic import BaseModel, ConfigDict, Field, SecretStr, ValidationError, model_validator
+
+from fmtrade.config import Settings, load_settings
+from fmtrade.errors import ConfigError
+from fmtrade.models.base import MAX_QUANTILES
+
+
+class _Strict(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+
+
+class Scaling(_Strict):
+    """Replica placement and autoscaling shared by every deployment kind."""
+
+    # Ray gives a replica 1 CPU by default, which cannot place a multi-model graph on a small
+    # machine: every deployment states its (fractional) share explicitly.
+    num_cpus: float = Field(0.25, ge=0)
+    num_gpus: float = Field(0.0, ge=0)
+    min_replicas: int = Field(1, ge=0)
+    max_replicas: int = Field(1, ge=1)
+    target_ongoing_requests: float = Field(16.0, gt=0)
+    max_ongoing_requests: int = Field(256, ge=1)
+    runtime_env: dict[str, Any] | None = Field(None, description="Per-deployment Ray runtime_env (e.g. pip pins)")
+
+    @model_validator(mode="after")
+    def _replica_bounds(self) -> Scaling:
+        if self.min_replicas > self.max_replicas:
+            raise ValueError(f"min_replicas {self.min_replicas} exceeds max_replicas {self.max_replicas}")
+        return self
+
+    def deployment_options(self, name: str) -> dict[str, Any]:
+        """Keyword arguments for ``Deployment.options``."""
+        actor: dict[str, Any] = {"num_cpus": self.num_cpus, "num_gpus": self.num_gpus}
+        if self.runtime_env:
+            actor["runtime_env"] = self.runtime_env
+        return {
+            "name": name,
+            "ray_actor_options": actor,
+            "max_ongoing_requests": self.max_ongoing_requests,
+            "autoscaling_config": {
+                "min_replicas": self.min_replicas,
+                "initial_replicas": max(self.min_replicas, 1),
+                "max_replicas": self.max_replicas,
+                "target_ongoing_requests": self.target_ongoing_requests,
+            },
+        }
+
+
+class ModelOptions(Scaling):
+    """One model deployment: placement, dynamic batching, adapter multiplexing."""
+
+    max_ongoing_requests: int = Field(64, ge=1)
+    max_batch_size: int = Field(32, ge=1, description="Series per batched model call")
+    batch_wait_timeout_s: float = Field(0.005, ge=0)
+    max_adapters_per_replica: int = Field(4, ge=1, description="LoRA adapters kept loaded per replica (LRU)")
+    health_check_period_s: float = Field(10.0, gt=0)
+    # Test-only fault injection: make every forecast request fail or arrive late, so the
+    # ensemble's drop-and-report path can be exercised against a real deployment.
+    fail_with: str | None = Field(None, description="TEST ONLY: every forecast raises this message")
+    delay_s: float = Field(0.0, ge=0, description="TEST ONLY: sleep before every forecast")
+
+    @model_validator(mode="after")
+    def _queue_holds_a_batch(self) -> ModelOptions:
+        # A replica never holds more than max_ongoing_requests requests, so a smaller value
+        # silently caps every batch below max_batch_size.
+        if self.max_ongoing_requests < self.max_batch_size:
+            raise ValueError(
+                f"max_ongoing_requests {self.max_ongoing_requests} is below max_batch_size {self.max_batch_size}; "
+                "batches could never fill"
+            )
+        return self
+
+    def deployment_options(self, name: str) -> dict[str, Any]:
+        return {**super().deployment_options(name), "health_check_period_s": self.health_check_period_s}
+
+
+class EnsembleOptions(Scaling):
+    num_cpus: float = Field(0.1, ge=0)
+    timeout_s: float = Field(10.0, gt=0, description="Per-member time budget; late members are dropped")
+
+
+class IngressOptions(Scaling):
+    num_cpus: float = Field(0.1, ge=0)
+
+
+class Limits(_Strict):
+    """Request limits enforced by the HTTP API before any model runs."""
+
+    max_context_points: int = Field(16384, ge=2, description="Longest explicit context / context_length")
+    max_horizon: int = Field(1024, ge=1)
+    max_quantiles: int = Field(21, ge=1, le=MAX_QUANTILES)
+    max_series: int = Field(256, ge=1, description="Series per batch request")
+    default_context_length: int = Field(512, ge=2, description="Bars read from the store for a symbol")
+
+
+class AppConfig(_Strict):
+    """``args`` of the Serve application (see serve/config.yaml for every field in use)."""
+
+    config: str | None = Field(None, description="fmtrade.yaml to load (default: FMTRADE_CONFIG / ./fmtrade.yaml)")
+    settings: dict[str, Any] = Field(default_factory=dict, description="Overrides merged over the fmtrade settings")
+    models: list[str] | None = Field(None, description="Models to serve (default: every enabled, available model)")
+    model_defaults: ModelOptions = Field(default_factory=ModelOptions)
+    model_options: dict[str, dict[str, Any]] = Field(default_factory=dict, description="Per-model overrides")
+    ensemble: EnsembleOptions = Field(default_factory=EnsembleOptions)
+    ingress: IngressOptions = Field(default_factory=IngressOptions)
+    limits: Limits = Field(default_factory=Limits)
+    api_token: SecretStr | None = Field(None, description="Bearer token; default settings.serve.api_token")
+    max_body_bytes: int | None = Field(None, gt=0, description="Default settings.serve.max_body_bytes")
+
+    @classmethod
+    def parse(cls, args: dict[str, Any] | None) -> AppConfig:
+        """Validate ``args``; errors name the field and reason."""
+        try:
+            return cls.model_validate(args or {})
+        except ValidationError as exc:
+            problems = "; ".join(f"{'.'.join(map(str, e['loc'])) or '<root>'}: {e['msg']}" for e in exc.errors())
+            raise ConfigError(f"invalid serve application config: {problems}") from exc
+
+    def to_args(self) -> dict[str, Any]:
+        """The JSON-able document handed to replicas (the token travels as a plain string)."""
+        doc = self.model_dump(mode="json", exclude={"api_token"})
+        doc["api_token"] = self.api_token.get_secret_value() if self.api_token else None
+        return doc
+
+    def load_settings(self) -> Settings:
+        return load_settings(self.config, self.settings)
+
+    def options_for(self, model: str) -> ModelOptions:
+        override = self.model_options.get(model, {})
+        try:
+            return ModelOptions.model_validate({**self.model_defaults.model_dump(exclude_unset=True), **override})
+        except ValidationError as exc:
+            problems = "; ".join(f"{'.'.join(map(str, e['loc']))}: {e['msg']}" for e in exc.errors())
+            raise ConfigError(f"invalid serve config model_options.{model}: {problems}") from exc
+
+    def token(self, settings: Settings) -> str | None:
+        """The bearer token in effect: the app config, else settings (FMTRADE_API_TOKEN)."""
+        secret = self.api_token or settings.serve.api_token
+        return secret.get_secret_value() if secret else None
+
+    def body_limit(self, settings: Settings) -> int:
+        return self.max_body_bytes or settings.serve.max_body_bytes

@@ -1,0 +1,307 @@
+"""End to end: the real Serve application on a local Ray, driven over HTTP with httpx.
+
+One module-scoped deployment serves every case (starting Serve costs tens of seconds
+on 2 cores): three real models, two fault-injected members (``broken`` raises,
+``late`` exceeds the ensemble's time budget), a per-symbol LoRA adapter for the
+Chronos-Bolt zoo model, and a second application with bearer-token auth on.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import httpx
+import numpy as np
+import pytest
+import yaml
+from peft import LoraConfig, get_peft_model
+
+from fmtrade.client import RemoteError, forecast_remote
+from fmtrade.config import load_settings
+from fmtrade.data.store import Store
+from fmtrade.data.synthetic import SyntheticSpec, synthesize
+from fmtrade.models.chronos import ChronosBoltForecaster
+from fmtrade.models.registry import active_specs, build_forecaster, select_specs
+from fmtrade.models.zoo import build_zoo
+from tests.conftest import free_port
+
+pytestmark = pytest.mark.slow
+
+ray = pytest.importorskip("ray")
+serve = pytest.importorskip("ray.serve")
+
+BOLT = "chronos-bolt-fm-tiny"
+REAL = ["random-walk", "naive", BOLT]
+ADAPTED, PLAIN = "SYNAUSDT", "SYNBUSDT"
+TOKEN = "test-token-7f3a"
+MAX_CONTEXT = 4096
+MAX_BODY = 200_000
+
+REGISTRY = {
+    "profiles": {
+        "local": [
+            {"name": "random-walk", "adapter": "random-walk"},
+            {"name": "naive", "adapter": "naive", "weight": 2.0},
+            {"name": BOLT, "adapter": "chronos-bolt", "checkpoint": BOLT},
+            {"name": "broken", "adapter": "naive"},
+            {"name": "late", "adapter": "random-walk"},
+        ]
+    }
+}
+
+
+def _make_adapter(settings: Any, target: Path) -> None:
+    """A small peft LoRA adapter with non-zero weights, so it visibly changes forecasts."""
+    spec = select_specs(active_specs(settings), [BOLT])[0]
+    donor = build_forecaster(spec, settings)
+    config = LoraConfig(
+        r=4, lora_alpha=8, target_modules=list(ChronosBoltForecaster.lora_target_modules), init_lora_weights=False
+    )
+    get_peft_model(donor.module, config).save_pretrained(target)
+
+
+@pytest.fixture(scope="module")
+def service(tmp_path_factory: pytest.TempPathFactory) -> Iterator[dict[str, Any]]:
+    from serve.app import build_app
+    from serve.runner import FAST_PATH_ENV, start_local_ray
+
+    home = tmp_path_factory.mktemp("serve-home")
+    registry = home / "models.yaml"
+    registry.write_text(yaml.safe_dump(REGISTRY))
+    overrides = {"home": str(home), "models": {"registry": str(registry)}}
+    with pytest.MonkeyPatch.context() as env:
+        env.setenv("FMTRADE_HOME", str(home))  # replicas inherit the environment Ray starts with
+        env.delenv("FMTRADE_API_TOKEN", raising=False)
+        for key, value in FAST_PATH_ENV.items():  # the settings `fmtrade serve up` runs with
+            env.setenv(key, value)
+        settings = load_settings(None, overrides)
+        build_zoo(settings, only=[BOLT])
+        _make_adapter(settings, settings.zoo_dir() / "adapters" / BOLT / ADAPTED)
+        market = synthesize([ADAPTED, PLAIN], SyntheticSpec(hours=900, seed=3))
+        store = Store(settings.store_uri())
+        for symbol, bars in market.bars.items():
+            store.write_bars("linear", symbol, "60", bars)
+
+        small = {"num_cpus": 0.1, "max_ongoing_requests": 64}
+        args = {
+            "settings": overrides,
+            "models": [*REAL, "broken", "late"],
+            "model_defaults": {**small, "max_batch_size": 16, "batch_wait_timeout_s": 0.01},
+            "model_options": {"broken": {"fail_with": "injected failure"}, "late": {"delay_s": 30.0}},
+            "ensemble": {**small, "timeout_s": 3.0},
+            "ingress": small,
+            "limits": {"max_context_points": MAX_CONTEXT, "max_quantiles": 9},
+            "max_body_bytes": MAX_BODY,
+        }
+        secure = {
+            "settings": overrides,
+            "models": ["random-walk"],
+            "model_defaults": small,
+            "ensemble": small,
+            "ingress": small,
+            "api_token": TOKEN,
+        }
+        port = free_port()
+        start_local_ray(num_cpus=2)
+        try:
+            serve.start(http_options={"host": "127.0.0.1", "port": port})
+            serve.run(build_app(args), name="fmtrade", route_prefix="/", blocking=False)
+            serve.run(build_app(secure), name="secure", route_prefix="/secure", blocking=False)
+            with httpx.Client(base_url=f"http://127.0.0.1:{port}", timeout=120) as client:
+                yield {"client": client, "store": store, "url": f"http://127.0.0.1:{port}"}
+        finally:
+            serve.shutdown()
+            ray.shutdown()
+
+
+@pytest.fixture
+def client(service: dict[str, Any]) -> httpx.Client:
+    return service["client"]
+
+
+def _closes(store: Store, symbol: str, n: int) -> list[float]:
+    return store.read(symbol, "60")["close"].to_numpy()[-n:].tolist()
+
+
+def _detail_loc(response: httpx.Response) -> list[Any]:
+    detail = response.json()["detail"]
+    assert isinstance(detail, list) and detail, response.text
+    return detail[0]["loc"]
+
+
+def _monotone(quantiles: dict[str, list[float]]) -> bool:
+    levels = sorted(quantiles, key=float)
+    rows = np.array([quantiles[q] for q in levels])
+    return bool(np.all(np.diff(rows, axis=0) >= -1e-9))
+
+
+def test_health_and_readiness(client: httpx.Client) -> None:
+    assert client.get("/healthz").json() == {"status": "ok"}
+    ready = client.get("/readyz")
+    assert ready.status_code == 200, ready.text
+    assert set(ready.json()["models"]) == {*REAL, "broken", "late"}
+
+
+@pytest.mark.parametrize("model", REAL)
+def test_forecast_each_model(client: httpx.Client, service: dict[str, Any], model: str) -> None:
+    context = _closes(service["store"], PLAIN, 300)
+    body = {"context": context, "horizon": 12, "quantiles": [0.1, 0.5, 0.9], "models": [model]}
+    response = client.post("/v1/forecast", json=body)
+    assert response.status_code == 200, response.text
+    doc = response.json()
+    assert list(doc["models"]) == [model]
+    member = doc["models"][model]
+    assert len(member["mean"]) == 12 and set(member["quantiles"]) == {"0.1", "0.5", "0.9"}
+    assert _monotone(member["quantiles"])
+    assert member["adapter"] is None
+    assert doc["weights"] == {model: 1.0}
+    assert doc["timestamps"] is None and doc["last_value"] == pytest.approx(context[-1])
+    # A one-member ensemble is that member.
+    assert doc["ensemble"]["quantiles"]["0.5"] == pytest.approx(member["quantiles"]["0.5"])
+
+
+def test_ensemble_drops_failing_and_late_members(client: httpx.Client, service: dict[str, Any]) -> None:
+    response = client.post("/v1/forecast", json={"symbol": PLAIN, "horizon": 24, "quantiles": [0.1, 0.5, 0.9]})
+    assert response.status_code == 200, response.text
+    doc = response.json()
+    assert set(doc["models"]) == set(REAL)
+    assert set(doc["failed"]) == {"broken", "late"}
+    assert "injected failure" in doc["failed"]["broken"]
+    assert "timed out" in doc["failed"]["late"]
+    assert sum(doc["weights"].values()) == pytest.approx(1.0)
+    assert doc["weights"]["naive"] == pytest.approx(2 * doc["weights"]["random-walk"])
+    ens = doc["ensemble"]
+    assert len(ens["mean"]) == 24 and len(ens["disagreement"]) == 24 and _monotone(ens["quantiles"])
+    # Timestamps: the 24 hourly bars after the last stored bar.
+    last = service["store"].read(PLAIN, "60").index[-1]
+    assert doc["timestamps"][0].startswith((last + np.timedelta64(1, "h")).strftime("%Y-%m-%dT%H:00"))
+    assert len(doc["timestamps"]) == 24
+    assert doc["latency_ms"] > 0 and all(m["latency_ms"] > 0 for m in doc["models"].values())
+
+
+def test_all_members_failing_is_503(client: httpx.Client) -> None:
+    response = client.post("/v1/forecast", json={"symbol": PLAIN, "models": ["broken"]})
+    assert response.status_code == 503, response.text
+    assert "injected failure" in response.json()["detail"]["failed"]["broken"]
+
+
+def _bad_bodies(context: list[float]) -> list[tuple[str, Any, int, list[Any]]]:
+    """(case, body, status, expected detail loc); str bodies are sent raw (JSON with NaN/Infinity)."""
+    ok = {"models": ["random-walk"]}
+    return [
+        ("nan", json.dumps({"context": [*context[:50], math.nan, *context[50:]], **ok}), 422, ["body", "context", 50]),
+        ("inf", json.dumps({"context": [*context, math.inf], **ok}), 422, ["body", "context", len(context)]),
+        ("empty", {"context": [], **ok}, 422, ["body", "context"]),
+        ("oversized", {"context": [100.0] * (MAX_CONTEXT + 1), **ok}, 422, ["body", "context"]),
+        ("both", {"symbol": PLAIN, "context": context, **ok}, 422, ["body"]),
+        ("neither", {"horizon": 5, **ok}, 422, ["body"]),
+        ("horizon-model", {"context": context, "horizon": 300, "models": [BOLT]}, 422, ["body", "horizon"]),
+        ("horizon-limit", {"context": context, "horizon": 5000, **ok}, 422, ["body", "horizon"]),
+        ("horizon-zero", {"context": context, "horizon": 0, **ok}, 422, ["body", "horizon"]),
+        ("unknown-model", {"context": context, "models": ["nope"]}, 422, ["body", "models"]),
+        ("unknown-symbol", {"symbol": "NOSUCHUSDT", **ok}, 404, ["body", "symbol"]),
+        ("too-many-quantiles", {"context": context, "quantiles": [i / 11 for i in range(1, 11)], **ok}, 422,
+         ["body", "quantiles"]),
+        ("bad-quantile", {"context": context, "quantiles": [0.5, 1.5], **ok}, 422, ["body", "quantiles"]),
+        ("bad-interval", {"symbol": PLAIN, "interval": "7", **ok}, 422, ["body", "interval"]),
+        ("short-context", {"context": context[:2], **ok}, 422, ["body", "context"]),
+        ("negative-prices", {"context": [-x for x in context], **ok}, 422, ["body", "context"]),
+        ("extra-field", {"context": context, "horizn": 3, **ok}, 422, ["body", "horizn"]),
+    ]  # fmt: skip
+
+
+def test_invalid_inputs_get_4xx_naming_the_field(client: httpx.Client, service: dict[str, Any]) -> None:
+    context = _closes(service["store"], PLAIN, 100)
+    for case, body, status, loc in _bad_bodies(context):
+        if isinstance(body, str):
+            response = client.post("/v1/forecast", content=body, headers={"content-type": "application/json"})
+        else:
+            response = client.post("/v1/forecast", json=body)
+        assert response.status_code == status, (case, response.text)
+        assert _detail_loc(response)[: len(loc)] == loc, (case, response.text)
+    too_big = client.post("/v1/forecast", content=b"[" + b"1.0," * MAX_BODY + b"1.0]")
+    assert too_big.status_code == 413
+    # The replicas keep serving after every rejected request.
+    after = client.post("/v1/forecast", json={"context": context, "models": ["random-walk"]})
+    assert after.status_code == 200, after.text
+
+
+def test_batch_endpoint(client: httpx.Client, service: dict[str, Any]) -> None:
+    context = _closes(service["store"], PLAIN, 200)
+    body = {
+        "series": [{"symbol": PLAIN}, {"context": context}, {"symbol": ADAPTED}],
+        "horizon": 6,
+        "quantiles": [0.1, 0.9],
+        "models": ["random-walk", "naive"],
+    }
+    response = client.post("/v1/forecast/batch", json=body)
+    assert response.status_code == 200, response.text
+    results = response.json()["results"]
+    assert [r["symbol"] for r in results] == [PLAIN, None, ADAPTED]
+    assert len(results[0]["timestamps"]) == 6 and results[1]["timestamps"] is None
+    assert results[1]["last_value"] == pytest.approx(context[-1])
+    assert all(set(r["models"]) == {"random-walk", "naive"} for r in results)
+    bad = dict(body, series=[{"symbol": PLAIN}, {"context": [1.0, -2.0]}])
+    response = client.post("/v1/forecast/batch", json=bad)
+    assert response.status_code == 422
+    assert _detail_loc(response)[:4] == ["body", "series", 1, "context"]
+
+
+def test_multiplexed_adapter_per_symbol(client: httpx.Client, service: dict[str, Any]) -> None:
+    models = [BOLT, "random-walk"]
+    adapted = client.post("/v1/forecast", json={"symbol": ADAPTED, "horizon": 8, "models": models}).json()
+    assert adapted["models"][BOLT]["adapter"] == ADAPTED
+    assert adapted["models"]["random-walk"]["adapter"] is None  # no adapter for this model: base, and said so
+    plain = client.post("/v1/forecast", json={"symbol": PLAIN, "horizon": 8, "models": models}).json()
+    assert plain["models"][BOLT]["adapter"] is None
+    # The same context through the base model differs from the adapted one.
+    context = _closes(service["store"], ADAPTED, 512)
+    base = client.post("/v1/forecast", json={"context": context, "horizon": 8, "models": [BOLT]}).json()
+    assert base["models"][BOLT]["adapter"] is None
+    assert not np.allclose(base["models"][BOLT]["mean"], adapted["models"][BOLT]["mean"])
+    listed = {m["name"]: m for m in client.get("/v1/models").json()}
+    assert ADAPTED in listed[BOLT]["adapters_loaded"]
+
+
+def test_models_listing(client: httpx.Client) -> None:
+    response = client.get("/v1/models")
+    assert response.status_code == 200, response.text
+    listed = {m["name"]: m for m in response.json()}
+    assert set(listed) == {*REAL, "broken", "late"}
+    assert listed[BOLT]["family"] == "chronos-bolt" and listed["naive"]["family"] == "baseline"
+    assert all(m["device"] == "cpu" and m["replicas"] >= 1 for m in listed.values())
+    assert listed[BOLT]["max_batch_size"] == 16
+    assert client.get("/openapi.json").json()["info"]["title"] == "fmtrade forecast API"
+
+
+def test_bearer_token_auth(client: httpx.Client, service: dict[str, Any]) -> None:
+    body = {"context": _closes(service["store"], PLAIN, 100), "horizon": 4}
+    assert client.post("/secure/v1/forecast", json=body).status_code == 401
+    wrong = client.post("/secure/v1/forecast", json=body, headers={"Authorization": "Bearer nope"})
+    assert wrong.status_code == 401 and TOKEN not in wrong.text
+    assert client.get("/secure/v1/models").status_code == 401
+    assert client.get("/secure/healthz").status_code == 200  # health stays open
+    good = client.post("/secure/v1/forecast", json=body, headers={"Authorization": f"Bearer {TOKEN}"})
+    assert good.status_code == 200, good.text
+    assert list(good.json()["models"]) == ["random-walk"]
+    # The first application has no token: no header needed.
+    assert client.post("/v1/forecast", json={**body, "models": ["random-walk"]}).status_code == 200
+
+
+def test_python_client(service: dict[str, Any]) -> None:
+    url = service["url"]
+    doc = forecast_remote(url, PLAIN, horizon=5, quantiles=[0.1, 0.9], models=["random-walk"])
+    assert doc["symbol"] == PLAIN and len(doc["ensemble"]["mean"]) == 5 and set(doc["models"]) == {"random-walk"}
+    with pytest.raises(RemoteError, match="models: unknown model"):
+        forecast_remote(url, PLAIN, models=["nope"])
+    with pytest.raises(RemoteError, match="no model answered .*broken: RuntimeError: injected failure") as failed:
+        forecast_remote(url, PLAIN, models=["broken"])
+    assert failed.value.status == 503
+    with pytest.raises(RemoteError, match="401"):
+        forecast_remote(f"{url}/secure", PLAIN)
+    secured = forecast_remote(f"{url}/secure", PLAIN, horizon=3, token=TOKEN)
+    assert list(secured["models"]) == ["random-walk"]

@@ -1,0 +1,87 @@
+"""The serve application's config and HTTP plumbing, without starting Ray."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+import yaml
+from ray.serve.schema import ServeDeploySchema
+
+from fmtrade.config import load_settings
+from fmtrade.errors import ConfigError
+from serve.api import field_loc
+from serve.app import served_models
+from serve.options import AppConfig
+from serve.runner import PACKAGED_CONFIG, read_config
+
+REPO = Path(__file__).resolve().parents[1]
+
+
+def test_config_yaml_is_a_valid_ray_serve_config() -> None:
+    """`serve run` / `serve deploy` / KubeRay serveConfigV2 accept the file as it is."""
+    doc = yaml.safe_load((REPO / "serve" / "config.yaml").read_text())
+    schema = ServeDeploySchema.model_validate(doc)
+    (application,) = schema.applications
+    assert application.import_path == "serve.app:build_app"
+    cfg = AppConfig.parse(application.args)
+    assert cfg.model_defaults.num_cpus < 1  # fractional: Ray's default of 1 CPU would not place the graph
+    assert cfg.options_for("auto-ets").max_batch_size == 8
+    assert cfg.options_for("random-walk").max_batch_size == cfg.model_defaults.max_batch_size
+
+
+def test_options_validation_names_the_field() -> None:
+    with pytest.raises(ConfigError, match="model_defaults: .*max_ongoing_requests 8 is below max_batch_size 32"):
+        AppConfig.parse({"model_defaults": {"max_batch_size": 32, "max_ongoing_requests": 8}})
+    with pytest.raises(ConfigError, match=r"model_options\.naive: .*max_ongoing_requests"):
+        AppConfig.parse({"model_options": {"naive": {"max_batch_size": 100}}}).options_for("naive")
+    with pytest.raises(ConfigError, match="ensemble.timeout_s"):
+        AppConfig.parse({"ensemble": {"timeout_s": 0}})
+    with pytest.raises(ConfigError, match="min_replicas 3 exceeds max_replicas 2"):
+        AppConfig.parse({"ingress": {"min_replicas": 3, "max_replicas": 2}})
+    with pytest.raises(ConfigError, match="unexpected_field"):
+        AppConfig.parse({"unexpected_field": 1})
+
+
+def test_deployment_options_carry_resources_batching_and_autoscaling() -> None:
+    cfg = AppConfig.parse({"model_defaults": {"num_cpus": 0.1, "num_gpus": 0.25, "max_replicas": 3}})
+    options = cfg.options_for("naive").deployment_options("model-naive")
+    assert options["ray_actor_options"] == {"num_cpus": 0.1, "num_gpus": 0.25}
+    assert options["autoscaling_config"]["max_replicas"] == 3
+    assert options["max_ongoing_requests"] >= cfg.options_for("naive").max_batch_size
+
+
+def test_token_from_config_or_environment(monkeypatch: pytest.MonkeyPatch) -> None:
+    assert AppConfig.parse({}).token(load_settings()) is None
+    monkeypatch.setenv("FMTRADE_API_TOKEN", "from-env")
+    assert AppConfig.parse({}).token(load_settings()) == "from-env"
+    cfg = AppConfig.parse({"api_token": "from-config"})
+    assert cfg.token(load_settings()) == "from-config"
+    assert "from-config" not in repr(cfg)  # a SecretStr: never printed
+    assert AppConfig.parse(cfg.to_args()).token(load_settings()) == "from-config"
+
+
+def test_served_models_skip_unbuilt_checkpoints_unless_named() -> None:
+    cfg = AppConfig.parse({})
+    names = served_models(cfg)  # a fresh FMTRADE_HOME: no zoo built, baselines only
+    assert "random-walk" in names and "chronos-bolt-fm-tiny" not in names
+    assert "auto-arima" not in names  # disabled in the registry
+    with pytest.raises(ConfigError, match="chronos-bolt-fm-tiny not available"):
+        served_models(AppConfig.parse({"models": ["chronos-bolt-fm-tiny"]}))
+    with pytest.raises(ConfigError, match="model_options: nope"):
+        served_models(AppConfig.parse({"model_options": {"nope": {}}}))
+
+
+def test_read_config_falls_back_to_the_packaged_file(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.chdir(tmp_path)
+    path, doc = read_config(None, load_settings())
+    assert path == PACKAGED_CONFIG and doc["applications"]
+    bad = tmp_path / "bad.yaml"
+    bad.write_text("applications: []\n")
+    with pytest.raises(ConfigError, match="non-empty list"):
+        read_config(str(bad), load_settings())
+
+
+def test_field_loc_matches_pydantic_shape() -> None:
+    assert field_loc("horizon") == ["body", "horizon"]
+    assert field_loc("series[2].context") == ["body", "series", 2, "context"]
