@@ -12,7 +12,6 @@ from __future__ import annotations
 
 import asyncio
 import time
-from pathlib import Path
 from typing import Any
 
 import numpy as np
@@ -24,6 +23,7 @@ from fmtrade.ensemble import combine, normalise_weights
 from fmtrade.errors import InputError
 from fmtrade.models.base import Forecast, Forecaster
 from fmtrade.models.registry import ModelSpec, active_specs, build_forecaster, select_specs
+from fmtrade.models.zoo import adapter_dir
 from serve.messages import (
     EnsembleRequest,
     EnsembleResult,
@@ -38,11 +38,6 @@ _HEALTH_CONTEXT = np.linspace(100.0, 101.0, 64)
 
 #: A member call's result: its answer, the exception it raised, or why it was dropped.
 Outcome = ModelResult | BaseException | str
-
-
-def adapter_dir(settings: Settings, model: str, adapter: str) -> Path:
-    """Where the training job publishes a LoRA adapter: ``<zoo>/adapters/<model>/<adapter>/``."""
-    return settings.zoo_dir() / "adapters" / model / adapter
 
 
 def has_adapter(settings: Settings, model: str, adapter: str) -> bool:

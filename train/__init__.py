@@ -1,2 +1,1 @@
-"""Ray Train jobs: pretraining fmtrade's finance-native base models and LoRA
-fine-tuning of registered foundation models per symbol or pooled."""
+"""Ray Train jobs: pretraining fmtrade's own foundation models and LoRA fine-tuning per symbol."""

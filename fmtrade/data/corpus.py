@@ -33,6 +33,8 @@ KINDS = ("synthetic", "kernelsynth", "store")
 MARKET_SYMBOLS = ("SYN0", "SYN1", "SYN2", "SYN3", "SYN4")
 #: Share of each series (by time) used for training when no split date is given.
 TRAIN_FRACTION = 0.8
+#: With a test start date: the share of the bars before it held out for validation (early stopping).
+HOLDOUT_FRACTION = 0.1
 
 Source = dict[str, Any]
 
@@ -84,10 +86,8 @@ def corpus_sources(items: Sequence[str], params: CorpusParams = CorpusParams()) 
     return sources
 
 
-def split_at(index: pd.DatetimeIndex, val_start: pd.Timestamp | None) -> int:
-    """Index of the first validation bar: ``val_start``'s position, else :data:`TRAIN_FRACTION` of the series."""
-    if val_start is None:
-        return int(len(index) * TRAIN_FRACTION)
+def split_at(index: pd.DatetimeIndex, val_start: pd.Timestamp) -> int:
+    """Position of the first bar at or after ``val_start``; both sides must hold bars."""
     split = int(index.searchsorted(val_start, side="left"))
     if split <= 0 or split >= len(index):
         raise InputError("val_start", f"{val_start} leaves no training or no validation bars ({index[0]}..{index[-1]})")
@@ -100,7 +100,12 @@ def source_series(
     closes: pd.Series | None = None,
     val_start: pd.Timestamp | None = None,
 ) -> list[Series]:
-    """The series of one source; a ``store`` source needs its close series in ``closes``."""
+    """The series of one source; a ``store`` source needs its close series in ``closes``.
+
+    Without ``val_start`` each series is split at :data:`TRAIN_FRACTION` of its length. With
+    ``val_start`` (fine-tuning) a stored series is cut before it -- the rest is the test period
+    -- and the last :data:`HOLDOUT_FRACTION` of what remains is the validation part.
+    """
     kind = source["kind"]
     if kind == "synthetic":
         spec = SyntheticSpec(hours=params.market_hours, seed=int(source["seed"]))
@@ -113,7 +118,12 @@ def source_series(
     if kind == "store":
         if closes is None:
             raise InputError("corpus", f"store:{source['symbol']} needs its close series")
-        return [Series(closes.to_numpy(dtype=np.float64), split_at(pd.DatetimeIndex(closes.index), val_start))]
+        values = closes.to_numpy(dtype=np.float64)
+        if val_start is None:
+            return [Series(values, int(values.size * TRAIN_FRACTION))]
+        # Bars from val_start on are the test period: never trained on, never used for selection.
+        end = split_at(pd.DatetimeIndex(closes.index), val_start)
+        return [Series(values[:end], end - max(int(end * HOLDOUT_FRACTION), 1))]
     raise InputError("corpus", f"unknown source kind {kind!r}")
 
 

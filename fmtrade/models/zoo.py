@@ -121,3 +121,14 @@ def list_models(settings: Settings) -> list[dict[str, Any]]:
             }
         )
     return rows
+
+
+def adapters_root(settings: Settings) -> Path:
+    """Root of the per-symbol LoRA adapters: ``<zoo>/adapters``."""
+    return settings.zoo_dir() / "adapters"
+
+
+def adapter_dir(settings: Settings, model: str, adapter: str) -> Path:
+    """Where the training job publishes, and Serve multiplexing loads, an adapter:
+    ``<zoo>/adapters/<model>/<adapter>/`` (``adapter`` is a symbol or ``pooled``)."""
+    return adapters_root(settings) / model / adapter

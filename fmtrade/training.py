@@ -1,0 +1,490 @@
+"""Training steps for every model family, without Ray.
+
+Each family trains with its own objective, computed by its own library wherever the
+library has one:
+
+* ``chronos`` (T5 tokens): the library's tokenizer turns context and target into
+  token ids (mean scaling, uniform bins); the loss is the T5 model's own
+  cross-entropy over the target tokens (``labels``; missing values are ignored).
+* ``chronos-bolt``: ``ChronosBoltModelForForecasting.forward(context, target=...)``
+  returns its quantile (pinball) loss.
+* ``chronos2``: ``Chronos2Model.forward(context, future_target=...)`` returns its
+  quantile loss (every row its own group, as in univariate forecasting).
+* ``timesfm``: the ``timesfm`` package has no training code, so the loss is written
+  here, on the package's module and normalisation: every input patch is normalised
+  with the running mean/std the package's decoder uses, and both heads are scored
+  on the values that follow that patch (decoder-only training, as in the TimesFM
+  paper; patches with less than four patches of context are not scored): squared
+  error for the mean channel, pinball loss for the quantile channels of the point
+  head and of the continuous quantile head.
+* ``lagllama``: ``LagLlamaModel.forward(values)`` returns its Student-t NLL.
+
+:class:`TrainingRun` holds one model being trained (full weights, or peft LoRA on
+the family's ``lora_target_modules``); its module is the forecaster's own, so the
+forecaster forecasts with the weights being trained (validation WQL needs no copy).
+:func:`pretrain_checkpoint` is the single-process pretraining loop that
+``fmtrade models build --pretrain-minutes`` runs; the Ray Train jobs in ``train/``
+wrap the same :class:`TrainingRun` in DistributedDataParallel.
+"""
+
+from __future__ import annotations
+
+import abc
+import logging
+import math
+import shutil
+import time
+from collections.abc import Iterable, Mapping, Sequence
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import pandas as pd
+import torch
+
+from fmtrade.data.corpus import CorpusParams, corpus_sources, source_series, split_windows
+from fmtrade.errors import InputError
+from fmtrade.io import write_dir_atomic
+from fmtrade.models.base import Forecaster
+
+log = logging.getLogger(__name__)
+
+FAMILIES: tuple[str, ...] = ("chronos", "chronos-bolt", "chronos2", "timesfm", "lagllama")
+#: Longest context the training windows use (the zoo models' context length).
+MAX_TRAIN_CONTEXT = 512
+#: Windows held out for the validation loss (the first ones, so every evaluation sees the same set).
+MAX_VAL_WINDOWS = 256
+
+
+@dataclass(frozen=True)
+class Geometry:
+    """Training windows: ``context`` values in, ``horizon`` values scored."""
+
+    context: int
+    horizon: int
+
+    @property
+    def length(self) -> int:
+        return self.context + self.horizon
+
+
+@dataclass(frozen=True)
+class LoraParams:
+    """peft LoRA settings; ``target_modules`` None means the adapter's ``lora_target_modules``."""
+
+    rank: int = 8
+    alpha: int = 16
+    dropout: float = 0.0
+    target_modules: tuple[str, ...] | None = None
+
+    def __post_init__(self) -> None:
+        if self.rank < 1:
+            raise InputError("rank", f"must be a positive integer, got {self.rank}")
+        if self.alpha <= 0:
+            raise InputError("alpha", f"must be positive, got {self.alpha}")
+
+
+def check_family(family: str, field: str = "arch") -> str:
+    if family not in FAMILIES:
+        raise InputError(field, f"{family!r} is not a trainable family ({', '.join(FAMILIES)})")
+    return family
+
+
+def load_for_training(family: str, checkpoint: str, device: str = "cpu") -> Forecaster:
+    """The family's forecaster on ``checkpoint`` in float32 (through the adapter's real loader)."""
+    from fmtrade.models.registry import adapter_class
+
+    check_family(family)
+    return adapter_class(family)(f"{family}-training", checkpoint, device=device, dtype="float32")
+
+
+# Objectives ------------------------------------------------------------------------------------
+
+
+class Objective(abc.ABC):
+    """A family's own loss on windows ``[B, context + horizon]`` of raw values (NaN = missing)."""
+
+    def __init__(self, forecaster: Forecaster, context: int | None) -> None:
+        self.device = torch.device(forecaster.device)
+        native_context, horizon = self._native(forecaster)
+        self.geometry = Geometry(min(context or native_context, native_context), horizon)
+
+    @abc.abstractmethod
+    def _native(self, forecaster: Forecaster) -> tuple[int, int]:
+        """(longest training context, training horizon) of the family."""
+
+    @abc.abstractmethod
+    def loss(self, model: torch.nn.Module, windows: torch.Tensor) -> torch.Tensor:
+        """Scalar loss; ``model`` is the module to call (possibly peft- or DDP-wrapped)."""
+
+    def _split(self, windows: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        w = windows.to(self.device, torch.float32)
+        return w[:, : self.geometry.context], w[:, self.geometry.context :]
+
+
+class ChronosTokenObjective(Objective):
+    """Chronos T5: cross-entropy of the target tokens (the library's tokenizer and T5 ``labels``)."""
+
+    def _native(self, forecaster: Forecaster) -> tuple[int, int]:
+        self.tokenizer = forecaster.pipeline.tokenizer
+        config = forecaster.pipeline.model.config
+        return min(config.context_length, MAX_TRAIN_CONTEXT), config.prediction_length
+
+    def loss(self, model: torch.nn.Module, windows: torch.Tensor) -> torch.Tensor:
+        context, target = self._split(windows.cpu())
+        ids, mask, scale = self.tokenizer.context_input_transform(context.cpu())
+        labels, labels_mask = self.tokenizer.label_input_transform(target.cpu(), scale)
+        labels[labels_mask == 0] = -100  # missing target values are not scored
+        out = model(input_ids=ids.to(self.device), attention_mask=mask.to(self.device), labels=labels.to(self.device))
+        return out.loss
+
+
+class ChronosBoltObjective(Objective):
+    """Chronos-Bolt: the model's own quantile loss (``forward(context, target=...)``)."""
+
+    def _native(self, forecaster: Forecaster) -> tuple[int, int]:
+        config = forecaster.module.chronos_config
+        return min(config.context_length, MAX_TRAIN_CONTEXT), config.prediction_length
+
+    def loss(self, model: torch.nn.Module, windows: torch.Tensor) -> torch.Tensor:
+        context, target = self._split(windows)
+        return model(context=context, target=target).loss
+
+
+class Chronos2Objective(Objective):
+    """Chronos-2: the model's own quantile loss (``forward(context, future_target=...)``), univariate groups."""
+
+    def _native(self, forecaster: Forecaster) -> tuple[int, int]:
+        config = forecaster.module.chronos_config
+        self.patch = config.output_patch_size
+        return min(config.context_length, MAX_TRAIN_CONTEXT), config.output_patch_size * config.max_output_patches
+
+    def loss(self, model: torch.nn.Module, windows: torch.Tensor) -> torch.Tensor:
+        context, target = self._split(windows)
+        groups = torch.arange(context.shape[0], device=self.device)
+        patches = math.ceil(target.shape[1] / self.patch)
+        return model(context=context, group_ids=groups, num_output_patches=patches, future_target=target).loss
+
+
+class TimesFMObjective(Objective):
+    """TimesFM 2.5: per-patch normalisation as in the package's decoder; MSE on the mean channel and
+    pinball loss on the quantile channels of both heads, for the values following every input patch
+    that has at least :attr:`MIN_PATCHES` patches of context."""
+
+    MIN_PATCHES = 4
+
+    def _native(self, forecaster: Forecaster) -> tuple[int, int]:
+        self.core = forecaster.module  # the unwrapped module: patch sizes and quantile levels
+        self.levels = torch.tensor(self.core.config.quantiles, dtype=torch.float32, device=self.device)
+        patch = self.core.p
+        return MAX_TRAIN_CONTEXT // patch * patch, self.core.o
+
+    def loss(self, model: torch.nn.Module, windows: torch.Tensor) -> torch.Tensor:
+        from timesfm.torch.util import revin, update_running_stats
+
+        core, p = self.core, self.core.p
+        w = windows.to(self.device, torch.float32)
+        b, length = w.shape
+        n = self.geometry.context // p
+        observed = torch.isfinite(w)
+        x = torch.where(observed, w, 0.0)
+        patches = x[:, : n * p].reshape(b, n, p)
+        missing = ~observed[:, : n * p].reshape(b, n, p)
+        stats = (torch.zeros(b, device=w.device), torch.zeros(b, device=w.device), torch.zeros(b, device=w.device))
+        mus, sigmas = [], []
+        for i in range(n):  # causal running statistics: patch i is normalised by patches 0..i
+            stats, _ = update_running_stats(*stats, patches[:, i], missing[:, i])
+            mus.append(stats[1])
+            sigmas.append(stats[2])
+        mu, sigma = torch.stack(mus, 1), torch.stack(sigmas, 1)
+        normed = torch.where(missing, 0.0, revin(patches, mu, sigma))
+        (_, _, point, spread), _ = model(normed, missing)
+        point = point.reshape(b, n, core.o, core.q)
+        spread = spread.reshape(b, n, core.os, core.q)
+        # Score positions with at least MIN_PATCHES patches of context: after one 32-value patch the
+        # normalised 128-step target of a random walk has a variance that swamps everything else.
+        k = min(self.MIN_PATCHES, n) - 1
+        spread = spread[:, k:, : min(core.os, length - p)]
+        head = (point[:, k:], spread)
+        return sum(self._head_loss(pred, x, observed, mu[:, k:], sigma[:, k:], k) for pred in head)
+
+    def _head_loss(
+        self,
+        pred: torch.Tensor,
+        x: torch.Tensor,
+        observed: torch.Tensor,
+        mu: torch.Tensor,
+        sigma: torch.Tensor,
+        first: int,
+    ) -> torch.Tensor:
+        """``pred [b, n, S, q]`` for the S values after patches ``first..first + n - 1``, scored in each
+        patch's normalised units."""
+        from timesfm.torch.util import revin
+
+        _, n, steps, _ = pred.shape
+        length = x.shape[1]
+        ends = torch.arange(first + 1, first + n + 1, device=x.device) * self.core.p
+        idx = ends[:, None] + torch.arange(steps, device=x.device)
+        valid = idx < length
+        idx = idx.clamp(max=length - 1)
+        target = revin(x[:, idx], mu, sigma)
+        mask = (observed[:, idx] & valid).float()
+        err = target[..., None] - pred[..., 1:]
+        pinball = torch.maximum(self.levels * err, (self.levels - 1.0) * err).sum(-1)
+        loss = (pred[..., 0] - target) ** 2 + 2.0 * pinball
+        return (loss * mask).sum() / mask.sum().clamp_min(1.0)
+
+
+class LagLlamaObjective(Objective):
+    """Lag-Llama: the model's own Student-t NLL (``forward(values)``) over context + prediction tokens."""
+
+    def _native(self, forecaster: Forecaster) -> tuple[int, int]:
+        config = forecaster.module.config
+        return config.max_lag + config.context_length, config.prediction_length
+
+    def loss(self, model: torch.nn.Module, windows: torch.Tensor) -> torch.Tensor:
+        return model(windows.to(self.device, torch.float32))
+
+
+_OBJECTIVES: dict[str, type[Objective]] = {
+    "chronos": ChronosTokenObjective,
+    "chronos-bolt": ChronosBoltObjective,
+    "chronos2": Chronos2Objective,
+    "timesfm": TimesFMObjective,
+    "lagllama": LagLlamaObjective,
+}
+
+
+def objective_for(forecaster: Forecaster, context: int | None = None) -> Objective:
+    return _OBJECTIVES[check_family(forecaster.family)](forecaster, context)
+
+
+# Native checkpoints ----------------------------------------------------------------------------
+
+
+def save_native(family: str, module: torch.nn.Module, out_dir: Path) -> Path:
+    """Write ``module`` in the family's native on-disk format (what ``from_pretrained`` reads), atomically."""
+    if family == "timesfm":
+        from fmtrade.models.timesfm import save_timesfm_checkpoint
+
+        return save_timesfm_checkpoint(module, out_dir)
+    if family == "lagllama":
+        return module.save_pretrained(out_dir)
+    return write_dir_atomic(out_dir, lambda tmp: module.save_pretrained(tmp, safe_serialization=True))
+
+
+# One model being trained -----------------------------------------------------------------------
+
+
+class TrainingRun:
+    """A forecaster's module under training: objective, optimiser, optional LoRA, state for resuming.
+
+    ``model`` is what training calls (the Ray layer replaces it with a DDP wrapper); ``net``
+    is the unwrapped trainable network (the peft model with LoRA, else the module).
+    """
+
+    def __init__(
+        self,
+        forecaster: Forecaster,
+        *,
+        lr: float = 1e-3,
+        weight_decay: float = 0.0,
+        lora: LoraParams | None = None,
+        context: int | None = None,
+        grad_clip: float = 1.0,
+        warmup_steps: int = 10,
+    ) -> None:
+        if lr <= 0:
+            raise InputError("lr", f"must be positive, got {lr}")
+        self.forecaster = forecaster
+        self.family = forecaster.family
+        self.objective = objective_for(forecaster, context)
+        self.module: torch.nn.Module = forecaster.module
+        self.lora = lora
+        self.net: torch.nn.Module = self._wrap_lora(lora) if lora is not None else self.module
+        self.model: torch.nn.Module = self.net
+        self.params = [p for p in self.net.parameters() if p.requires_grad]
+        self.optimizer = torch.optim.AdamW(self.params, lr=lr, weight_decay=weight_decay)
+        # Linear warm-up: Adam's first steps move every weight by ~lr, which throws off fresh heads.
+        self.scheduler = torch.optim.lr_scheduler.LambdaLR(
+            self.optimizer, lambda step: min(1.0, (step + 1) / max(warmup_steps, 1))
+        )
+        self.grad_clip = grad_clip
+        self.step = 0
+
+    @property
+    def geometry(self) -> Geometry:
+        return self.objective.geometry
+
+    def _wrap_lora(self, lora: LoraParams) -> torch.nn.Module:
+        from peft import LoraConfig, get_peft_model
+
+        targets = lora.target_modules or tuple(self.forecaster.lora_target_modules)
+        config = LoraConfig(r=lora.rank, lora_alpha=lora.alpha, lora_dropout=lora.dropout, target_modules=list(targets))
+        try:
+            return get_peft_model(self.module, config)  # injects LoRA layers into the module in place
+        except ValueError as exc:
+            raise InputError("target_modules", f"{', '.join(targets)}: {exc}") from exc
+
+    @property
+    def trainable_params(self) -> int:
+        return sum(p.numel() for p in self.params)
+
+    @property
+    def total_params(self) -> int:
+        """Parameters of the base model (LoRA weights excluded)."""
+        return sum(p.numel() for n, p in self.net.named_parameters() if "lora_" not in n)
+
+    def train_step(self, windows: torch.Tensor) -> float:
+        self.model.train()
+        loss = self.objective.loss(self.model, windows)
+        if not torch.isfinite(loss):
+            raise FloatingPointError(f"{self.family}: non-finite training loss at step {self.step}")
+        self.optimizer.zero_grad(set_to_none=True)
+        loss.backward()
+        if self.grad_clip:
+            torch.nn.utils.clip_grad_norm_(self.params, self.grad_clip)
+        self.optimizer.step()
+        self.scheduler.step()
+        self.step += 1
+        return float(loss.detach())
+
+    @torch.no_grad()
+    def eval_loss(self, batches: Iterable[torch.Tensor]) -> float:
+        """Mean loss over ``batches`` (weighted by rows), with dropout off."""
+        self.net.eval()
+        total, rows = 0.0, 0
+        for windows in batches:
+            total += float(self.objective.loss(self.net, windows)) * windows.shape[0]
+            rows += windows.shape[0]
+        if rows == 0:
+            raise InputError("validation", "no validation windows (series too short for the context + horizon)")
+        return total / rows
+
+    # State -------------------------------------------------------------------------------------
+    def weights(self) -> dict[str, torch.Tensor]:
+        """The trained weights (LoRA: only the adapter's), detached on CPU."""
+        names = {n for n, p in self.net.named_parameters() if p.requires_grad}
+        state = self.net.state_dict()
+        keep = names if self.lora is not None else state.keys()
+        return {k: state[k].detach().cpu().clone() for k in keep}
+
+    def load_weights(self, weights: Mapping[str, torch.Tensor]) -> None:
+        missing = set(weights) - set(self.net.state_dict())
+        if missing:
+            raise ValueError(f"checkpoint weights do not fit this model: {sorted(missing)[:3]}")
+        self.net.load_state_dict(dict(weights), strict=False)
+
+    def state(self) -> dict[str, Any]:
+        return {
+            "weights": self.weights(), "optimizer": self.optimizer.state_dict(),
+            "scheduler": self.scheduler.state_dict(), "step": self.step,
+        }  # fmt: skip
+
+    def load_state(self, state: Mapping[str, Any]) -> None:
+        self.load_weights(state["weights"])
+        self.optimizer.load_state_dict(state["optimizer"])
+        self.scheduler.load_state_dict(state["scheduler"])
+        self.step = int(state["step"])
+
+    def save(self, out_dir: Path, weights: Mapping[str, torch.Tensor] | None = None) -> Path:
+        """Write the model (native checkpoint) or, with LoRA, the peft adapter directory; with
+        ``weights`` (e.g. the best epoch's) those are saved and the current ones restored after."""
+        current = self.weights() if weights is not None else None
+        if weights is not None:
+            self.load_weights(weights)
+        try:
+            if self.lora is not None:
+                return write_dir_atomic(out_dir, lambda tmp: self.net.save_pretrained(str(tmp)))
+            return save_native(self.family, self.module, out_dir)
+        finally:
+            if current is not None:
+                self.load_weights(current)
+
+
+# Windows and the single-process pretraining loop -------------------------------------------------
+
+
+def corpus_windows(
+    items: Sequence[str],
+    geometry: Geometry,
+    params: CorpusParams = CorpusParams(),
+    closes: Mapping[str, pd.Series] | None = None,
+    stride: int | None = None,
+) -> tuple[np.ndarray, np.ndarray]:
+    """All ``(train, val)`` windows of a corpus (the in-process twin of ``train.datasets``)."""
+    stride = stride or max(geometry.horizon // 2, 1)
+    train, val = [], []
+    for source in corpus_sources(items, params):
+        series_closes = (closes or {}).get(source["symbol"]) if source["kind"] == "store" else None
+        for series in source_series(source, params, closes=series_closes):
+            t, v = split_windows(series, geometry.context, geometry.horizon, stride)
+            train.append(t)
+            val.append(v)
+    return np.concatenate(train), np.concatenate(val)[:MAX_VAL_WINDOWS]
+
+
+def batches(windows: np.ndarray, batch_size: int) -> Iterable[torch.Tensor]:
+    for start in range(0, len(windows), batch_size):
+        yield torch.from_numpy(windows[start : start + batch_size])
+
+
+def loss_summary(losses: Sequence[float]) -> tuple[float, float]:
+    """(first, last) training loss: means of the first and last ``k`` steps, ``k = clip(n // 4, 1, 10)``
+    (one batch is a noisy estimate)."""
+    k = int(np.clip(len(losses) // 4, 1, 10))
+    return float(np.mean(losses[:k])), float(np.mean(losses[-k:]))
+
+
+def pretrain_checkpoint(
+    checkpoint: Path,
+    family: str,
+    out_dir: Path,
+    *,
+    minutes: float | None = None,
+    steps: int | None = None,
+    corpus: Sequence[str] = ("synthetic", "kernelsynth"),
+    params: CorpusParams = CorpusParams(),
+    batch_size: int = 32,
+    lr: float = 1e-3,
+    seed: int = 0,
+    device: str = "cpu",
+) -> dict[str, Any]:
+    """Pretrain ``checkpoint`` in this process for ``minutes`` or ``steps`` and write it to ``out_dir``
+    in the family's native format. Returns the loss summary (the ``fmtrade pretrain`` JSON keys)."""
+    if (minutes is None) == (steps is None):
+        raise InputError("minutes", "give exactly one of minutes or steps")
+    if (minutes is not None and minutes <= 0) or (steps is not None and steps < 1):
+        raise InputError("minutes" if minutes is not None else "steps", "must be positive")
+    run = TrainingRun(load_for_training(family, str(checkpoint), device), lr=lr)
+    train, val = corpus_windows(corpus, run.geometry, params)
+    if len(train) == 0:
+        raise InputError("corpus", "no training windows: the series are shorter than context + horizon")
+    rng = np.random.default_rng(seed)
+    val_first = run.eval_loss(batches(val, batch_size))
+    deadline = time.monotonic() + 60.0 * minutes if minutes is not None else math.inf
+    losses: list[float] = []
+    with torch.random.fork_rng(devices=[]):
+        torch.manual_seed(seed)
+        while (steps is None or run.step < steps) and time.monotonic() < deadline:
+            losses.append(run.train_step(torch.from_numpy(train[rng.integers(0, len(train), batch_size)])))
+            if run.step % 50 == 0:
+                log.info("%s pretraining: step %d, loss %.4f", family, run.step, np.mean(losses[-50:]))
+    val_last = run.eval_loss(batches(val, batch_size))
+    run.save(out_dir)
+    first, last = loss_summary(losses) if losses else (math.nan, math.nan)
+    return {
+        "checkpoint": str(out_dir), "steps": run.step, "train_loss_first": first, "train_loss_last": last,
+        "val_loss_first": val_first, "val_loss_last": val_last,
+    }  # fmt: skip
+
+
+def pretrain_in_place(checkpoint: Path, family: str, minutes: float, **kwargs: Any) -> dict[str, Any]:
+    """Pretrain a freshly built zoo checkpoint directory and swap the result into its place (the
+    ``post_build`` step of ``fmtrade models build --pretrain-minutes``)."""
+    trained = checkpoint.with_name(f"{checkpoint.name}.pretrained")
+    summary = pretrain_checkpoint(checkpoint, family, trained, minutes=minutes, **kwargs)
+    shutil.rmtree(checkpoint)
+    trained.rename(checkpoint)
+    return {**summary, "checkpoint": str(checkpoint)}

@@ -1,0 +1,311 @@
+"""The Ray Train worker loop shared by pretraining and LoRA fine-tuning, and the driver that runs it.
+
+Each worker builds the family's :class:`fmtrade.training.TrainingRun` (same seed on every
+rank), wraps it in DistributedDataParallel (``ray.train.torch.prepare_model``) when there
+is more than one worker, and trains on its shard of ``train`` until the budget is spent:
+``steps``, ``minutes`` (all ranks agree through an all-reduce so DDP never hangs), or
+``epochs`` (one pass over the shard each, with early stopping on validation WQL).
+
+Every evaluation is reported with a checkpoint written by rank 0: ``state.pt`` (weights,
+optimiser, step, loop state) to resume from, and ``model/`` -- the native checkpoint, or
+the peft adapter at the best validation WQL so far -- to publish. After a worker dies,
+``FailureConfig(max_failures)`` restarts the group and the loop resumes from
+``ray.train.get_checkpoint()``. ``fail_at_step`` (with a marker file, so only the first
+attempt dies) is the fault injection the tests use.
+"""
+
+from __future__ import annotations
+
+import logging
+import math
+import os
+import shutil
+import tempfile
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import ray
+import ray.train
+import torch
+from ray.train import Checkpoint, CheckpointConfig, DataConfig, FailureConfig, RunConfig, ScalingConfig
+from ray.train.torch import TorchTrainer
+
+from fmtrade.errors import FmtradeError, InputError
+from fmtrade.evaluation import EVAL_QUANTILES
+from fmtrade.io import write_dir_atomic
+from fmtrade.metrics import weighted_quantile_loss
+from fmtrade.training import LoraParams, TrainingRun, load_for_training, loss_summary
+
+log = logging.getLogger(__name__)
+
+STATE_FILE = "state.pt"
+#: Seconds an injected fault waits before exiting: over two of Ray Train's 2 s status polls.
+FAULT_GRACE_S = 5.0
+MODEL_DIR = "model"
+
+
+@dataclass(frozen=True)
+class LoopConfig:
+    """What one training job does (shipped to every worker)."""
+
+    family: str
+    checkpoint: str
+    steps: int | None = None
+    minutes: float | None = None
+    epochs: int | None = None
+    batch_size: int = 32
+    lr: float = 1e-3
+    weight_decay: float = 0.0
+    context: int | None = None
+    lora: LoraParams | None = None
+    eval_every: int | None = None  # steps between evaluations/checkpoints (besides epoch ends)
+    eval_horizon: int | None = None  # validation WQL at this horizon (fine-tuning)
+    patience: int | None = None  # epochs without a better validation WQL before stopping
+    seed: int = 0
+    fail_at_step: int | None = None  # fault injection: the last rank exits at this step ...
+    fail_marker: str | None = None  # ... unless this file exists (it creates it first)
+
+    def __post_init__(self) -> None:
+        budgets = [b for b in (self.steps, self.minutes, self.epochs) if b is not None]
+        if len(budgets) == 0:
+            raise InputError("steps", "give --steps, --minutes or --epochs")
+        if any(b <= 0 for b in budgets):
+            raise InputError("steps", "step, minute and epoch budgets must be positive")
+        if self.batch_size < 1:
+            raise InputError("batch_size", f"must be positive, got {self.batch_size}")
+        if (self.fail_at_step is None) != (self.fail_marker is None):
+            raise InputError("fail_at_step", "fault injection needs both fail_at_step and fail_marker")
+
+
+@dataclass
+class LoopState:
+    """Loop bookkeeping that survives a restart (saved in every checkpoint)."""
+
+    epoch: int = 0
+    losses: list[float] = field(default_factory=list)
+    samples: int = 0
+    train_seconds: float = 0.0
+    val_loss_first: float | None = None
+    val_wql_first: float | None = None
+    best_wql: float = math.inf
+    bad_epochs: int = 0
+    best_weights: dict[str, torch.Tensor] | None = None
+    resumed_from: int | None = None
+
+
+# Worker side -------------------------------------------------------------------------------------
+
+
+def _any_rank(flag: bool) -> bool:
+    """True when ``flag`` is true on any rank (all ranks must call this together)."""
+    if not (torch.distributed.is_available() and torch.distributed.is_initialized()):
+        return flag
+    value = torch.tensor([1.0 if flag else 0.0])
+    torch.distributed.all_reduce(value, op=torch.distributed.ReduceOp.MAX)
+    return bool(value.item() > 0)
+
+
+def _validation_wql(run: TrainingRun, windows: np.ndarray, horizon: int) -> float:
+    """WQL of the forecaster (weights under training) on validation windows at ``horizon``."""
+    context = run.geometry.context
+    targets = windows[:, context : context + horizon].astype(np.float64)
+    keep = np.isfinite(targets).all(axis=1)
+    if not keep.any():
+        raise InputError("validation", "every validation target has missing bars")
+    contexts = list(windows[keep, :context].astype(np.float64))
+    run.net.eval()
+    forecast = run.forecaster.forecast(contexts, horizon, EVAL_QUANTILES, seeds=list(range(len(contexts))))
+    return weighted_quantile_loss(forecast.quantiles, forecast.quantile_levels, targets[keep])
+
+
+def train_loop(config: dict[str, Any]) -> None:
+    """``train_loop_per_worker`` of the TorchTrainer."""
+    cfg: LoopConfig = config["loop"]
+    context = ray.train.get_context()
+    rank, world = context.get_world_rank(), context.get_world_size()
+    device = ray.train.torch.get_device()
+    torch.manual_seed(cfg.seed)  # identical LoRA init on every rank
+    run = TrainingRun(
+        load_for_training(cfg.family, cfg.checkpoint, str(device)),
+        lr=cfg.lr, weight_decay=cfg.weight_decay, lora=cfg.lora, context=cfg.context,
+    )  # fmt: skip
+    state = LoopState()
+    restored = ray.train.get_checkpoint()
+    if restored is not None:
+        with restored.as_directory() as directory:
+            saved = torch.load(Path(directory) / STATE_FILE, weights_only=False)
+        run.load_state(saved["run"])
+        state = saved["loop"]
+        state.resumed_from = run.step
+        log.info("rank %d resumed from step %d", rank, run.step)
+    if world > 1:
+        run.model = ray.train.torch.prepare_model(
+            run.net, move_to_device=False, parallel_strategy_kwargs={"find_unused_parameters": True}
+        )
+    train_shard = ray.train.get_dataset_shard("train")
+    val_windows = np.stack(
+        [row["window"] for row in ray.train.get_dataset_shard("val").iter_rows()]
+    )  # small; every rank holds all of it
+
+    def evaluate() -> dict[str, Any]:
+        step = cfg.batch_size
+        batches = (torch.from_numpy(val_windows[i : i + step]) for i in range(0, len(val_windows), step))
+        metrics: dict[str, Any] = {"val_loss": run.eval_loss(batches)}
+        if cfg.eval_horizon is not None:
+            metrics["val_wql"] = _validation_wql(run, val_windows, cfg.eval_horizon)
+        return metrics
+
+    def report(metrics: dict[str, Any]) -> None:
+        first, last = loss_summary(state.losses) if state.losses else (math.nan, math.nan)
+        metrics = {
+            **metrics, "step": run.step, "epoch": state.epoch, "train_loss_first": first, "train_loss_last": last,
+            "val_loss_first": state.val_loss_first, "val_wql_first": state.val_wql_first,
+            "samples_per_s": world * state.samples / state.train_seconds if state.train_seconds else None,
+            "trainable_params": run.trainable_params, "total_params": run.total_params,
+            "best_val_wql": state.best_wql if math.isfinite(state.best_wql) else None,
+            "resumed_from": state.resumed_from,
+        }  # fmt: skip
+        if rank != 0:
+            ray.train.report(metrics, checkpoint=None)
+            return
+        with tempfile.TemporaryDirectory(prefix="fmtrade-ckpt-") as directory:
+            torch.save({"run": run.state(), "loop": state}, Path(directory) / STATE_FILE)
+            run.save(Path(directory) / MODEL_DIR, weights=state.best_weights)
+            ray.train.report(metrics, checkpoint=Checkpoint.from_directory(directory))
+
+    def consider(metrics: dict[str, Any]) -> bool:
+        """Keep the weights with the best validation WQL (fine-tuning); True when these are better."""
+        better = metrics.get("val_wql", math.inf) < state.best_wql
+        if better:
+            state.best_wql, state.best_weights = metrics["val_wql"], run.weights()
+        return better
+
+    if restored is None:
+        first = evaluate()
+        state.val_loss_first = first["val_loss"]
+        if cfg.eval_horizon is not None:  # the zero-shot model is the first candidate for "best"
+            state.val_wql_first = state.best_wql = first["val_wql"]
+            state.best_weights = run.weights()
+    deadline = time.monotonic() + 60.0 * cfg.minutes if cfg.minutes is not None else math.inf
+    last_reported = -1
+    done = (cfg.steps is not None and run.step >= cfg.steps) or (cfg.epochs is not None and state.epoch >= cfg.epochs)
+    while not done:
+        batches = 0
+        for batch in train_shard.iter_torch_batches(
+            batch_size=cfg.batch_size, dtypes=torch.float32, local_shuffle_buffer_size=4 * cfg.batch_size,
+            local_shuffle_seed=cfg.seed + state.epoch,
+        ):  # fmt: skip
+            start = time.perf_counter()
+            state.losses.append(run.train_step(batch["window"]))
+            state.train_seconds += time.perf_counter() - start
+            state.samples += int(batch["window"].shape[0])
+            batches += 1
+            if cfg.fail_at_step == run.step and rank == world - 1 and not Path(str(cfg.fail_marker)).exists():
+                Path(str(cfg.fail_marker)).touch()
+                # Let the controller's status poll pick up the last report first (a real crash may
+                # lose the newest checkpoint and resume from the one before).
+                time.sleep(FAULT_GRACE_S)
+                log.warning("fault injection: rank %d exits at step %d", rank, run.step)
+                os._exit(1)
+            over = (cfg.steps is not None and run.step >= cfg.steps) or time.monotonic() >= deadline
+            if _any_rank(over):
+                done = True
+                break
+            if cfg.eval_every and run.step % cfg.eval_every == 0:
+                report(evaluate())
+                last_reported = run.step
+        if batches == 0:
+            raise InputError("train", f"rank {rank} got no training batches (fewer windows than workers)")
+        if done:
+            break
+        state.epoch += 1
+        if cfg.epochs is not None:
+            metrics = evaluate()
+            state.bad_epochs = 0 if consider(metrics) else state.bad_epochs + 1
+            report(metrics)
+            last_reported = run.step
+            stop_early = cfg.patience is not None and state.bad_epochs >= cfg.patience
+            done = state.epoch >= cfg.epochs or stop_early
+    if last_reported != run.step:
+        metrics = evaluate()
+        consider(metrics)
+        report(metrics)
+
+
+# Driver side -------------------------------------------------------------------------------------
+
+
+def scaling(workers: int, use_gpu: bool) -> ScalingConfig:
+    """``workers`` workers; on CPU each takes an equal share of the cluster's CPUs (at most one),
+    leaving half a CPU for Ray Data, so two workers place on a 2-core machine."""
+    if workers < 1:
+        raise InputError("workers", f"must be positive, got {workers}")
+    if use_gpu:
+        return ScalingConfig(num_workers=workers, use_gpu=True)
+    cpus = float(ray.cluster_resources().get("CPU", 1.0))
+    share = max(0.25, min(1.0, (cpus - 0.5) / workers))
+    return ScalingConfig(num_workers=workers, resources_per_worker={"CPU": share})
+
+
+def fit(
+    name: str,
+    cfg: LoopConfig,
+    train: ray.data.Dataset,
+    val: ray.data.Dataset,
+    *,
+    workers: int,
+    use_gpu: bool,
+    storage: str,
+    max_failures: int = 1,
+) -> ray.train.Result:
+    """Run the loop on a TorchTrainer; raise FmtradeError (one line) when training fails."""
+    storage = storage if "://" in storage else str(Path(storage).expanduser().resolve())
+    trainer = TorchTrainer(
+        train_loop,
+        train_loop_config={"loop": cfg},
+        scaling_config=scaling(workers, use_gpu),
+        datasets={"train": train, "val": val},
+        dataset_config=DataConfig(datasets_to_split=["train"]),
+        run_config=RunConfig(
+            name=f"{name}-{time.strftime('%Y%m%d-%H%M%S')}-{os.getpid()}",
+            storage_path=storage,
+            failure_config=FailureConfig(max_failures=max_failures),
+            checkpoint_config=CheckpointConfig(num_to_keep=2),
+        ),
+    )
+    try:
+        result = trainer.fit()
+    except ray.train.TrainingFailedError as exc:
+        raise FmtradeError(f"{name}: training failed: {_root_cause(exc)}") from exc
+    if result.error is not None:
+        raise FmtradeError(f"{name}: training failed: {_root_cause(result.error)}")
+    if result.checkpoint is None:
+        raise FmtradeError(f"{name}: training finished without a checkpoint")
+    return result
+
+
+def _root_cause(exc: BaseException) -> str:
+    while exc.__cause__ is not None:
+        exc = exc.__cause__
+    return f"{type(exc).__name__}: {exc}".splitlines()[0]
+
+
+def publish_model(result: ray.train.Result, out_dir: Path) -> Path:
+    """Copy the final checkpoint's ``model/`` to ``out_dir`` (atomically; ``out_dir`` must not exist)."""
+    with result.checkpoint.as_directory() as directory:
+        source = Path(directory) / MODEL_DIR
+        return write_dir_atomic(out_dir, lambda tmp: shutil.copytree(source, tmp, dirs_exist_ok=True))
+
+
+def summary(result: ray.train.Result) -> dict[str, Any]:
+    """The final metrics, JSON-ready (NaN -> None)."""
+    out = {}
+    for key, value in result.metrics.items():
+        if isinstance(value, float) and not math.isfinite(value):
+            value = None
+        out[key] = value
+    return out
+
