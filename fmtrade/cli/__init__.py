@@ -10,6 +10,11 @@ import typer
 from fmtrade.cli.common import CliState, setup_logging
 from fmtrade.errors import FmtradeError
 
+try:  # typer >= 0.20 vendors click: its usage errors (missing/bad option) are not click's classes
+    from typer._click.exceptions import ClickException as _TyperClickException
+except ImportError:  # pragma: no cover - older typer raises click's own
+    _TyperClickException = click.ClickException
+
 app = typer.Typer(
     name="fmtrade",
     help="Time-series foundation models for crypto trading on Ray.",
@@ -33,6 +38,27 @@ def _register() -> None:
     from fmtrade.cli import data  # noqa: F401  (helpers add their groups below)
 
     app.add_typer(data.app, name="data")
+    from fmtrade.cli.demo import demo
+
+    app.command("demo")(demo)
+    from fmtrade.cli import evaluate, forecast, models
+
+    app.add_typer(models.app, name="models")
+    app.command("forecast")(forecast.forecast)
+    app.command("evaluate")(evaluate.evaluate)
+    from fmtrade.cli.backtest import backtest
+
+    app.command("backtest")(backtest)
+    from fmtrade.cli import train
+
+    app.command("pretrain")(train.pretrain)
+    app.command("finetune")(train.finetune)
+    from fmtrade.cli import serve
+
+    app.add_typer(serve.app, name="serve")
+    from fmtrade.cli import cluster
+
+    app.add_typer(cluster.app, name="cluster")
 
 
 _register()
@@ -42,15 +68,16 @@ def main(argv: list[str] | None = None) -> None:
     """Console entry point: user errors become one line on stderr and exit code 2."""
     command = typer.main.get_command(app)
     try:
-        command.main(args=argv, prog_name="fmtrade", standalone_mode=False)
+        # typer.Exit (raised by common.fail) is not click's Exit: typer returns its code instead.
+        code = command.main(args=argv, prog_name="fmtrade", standalone_mode=False)
     except click.exceptions.Exit as exc:
         sys.exit(exc.exit_code)
     except click.exceptions.Abort:
         sys.exit(130)
-    except click.ClickException as exc:
+    except (click.ClickException, _TyperClickException) as exc:
         exc.show()
         sys.exit(2)
     except FmtradeError as exc:
         typer.echo(f"error: {exc}", err=True)
         sys.exit(2)
-    sys.exit(0)
+    sys.exit(code if isinstance(code, int) else 0)

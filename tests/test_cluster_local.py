@@ -1,0 +1,52 @@
+"""A real two-node Ray cluster on this machine: the backtest job submitted to it, unchanged."""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+from cluster.local import LocalCluster
+from cluster.submit import submit
+from tests.conftest import REPO, free_port
+
+pytestmark = pytest.mark.slow
+
+
+def _fmtrade(*args: str, timeout: float = 300) -> subprocess.CompletedProcess[str]:
+    return subprocess.run([sys.executable, "-m", "fmtrade", *args], capture_output=True, text=True, timeout=timeout)
+
+
+def test_backtest_job_runs_unchanged_on_a_two_node_cluster(tmp_path: Path, isolated_home: Path) -> None:
+    synth = _fmtrade("data", "synth", "--symbols", "SYNAUSDT,SYNBUSDT", "--hours", "2000", "--seed", "1", "--json")
+    assert synth.returncode == 0, synth.stderr[-2000:]
+    cluster = LocalCluster(workers=1, cpus_per_node=1, gcs_port=free_port(), dashboard_port=free_port())
+    cluster.up()
+    try:
+        assert len(cluster.processes()) > 4  # GCS, two raylets, dashboard, agents...
+        out = tmp_path / "run"
+        entrypoint = (
+            "python -m jobs.backtest --symbols SYNAUSDT,SYNBUSDT --models random-walk,naive,ensemble "
+            f"--start 2022-03-01 --end 2022-03-20 --out {out} --json"
+        )
+        result = submit(cluster.dashboard_url, entrypoint, REPO, {"FMTRADE_HOME": str(isolated_home)})
+        assert result.status == "SUCCEEDED", result.logs[-3000:]
+        rows = json.loads(next(line for line in result.logs.splitlines() if line.startswith("[")))
+        assert {(r["symbol"], r["model"]) for r in rows} >= {
+            (s, m) for s in ("SYNAUSDT", "SYNBUSDT") for m in ("random-walk", "naive", "ensemble", "buy-and-hold")
+        }
+        assert json.loads((out / "summary.json").read_text()) == rows
+    finally:
+        stopped = cluster.down()
+    assert stopped > 0 and cluster.processes() == []
+
+
+def test_submit_to_nothing_is_a_clear_error(tmp_path: Path) -> None:
+    done = _fmtrade("cluster", "submit", "--address", f"http://127.0.0.1:{free_port()}", "--", "python", "-V")
+    assert done.returncode == 2
+    assert done.stderr.strip().splitlines()[-1].startswith("error: address: cannot submit")
+    none = _fmtrade("cluster", "down", "--port", str(free_port()))
+    assert none.returncode == 2 and "no local cluster" in none.stderr
