@@ -34,7 +34,7 @@ import logging
 import math
 import shutil
 import time
-from collections.abc import Iterable, Mapping, Sequence
+from collections.abc import Callable, Iterable, Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -488,3 +488,15 @@ def pretrain_in_place(checkpoint: Path, family: str, minutes: float, **kwargs: A
     shutil.rmtree(checkpoint)
     trained.rename(checkpoint)
     return {**summary, "checkpoint": str(checkpoint)}
+
+
+def zoo_pretrainer(minutes: float, seed: int = 0) -> Callable[[Any, Path], None] | None:
+    """A ``build_zoo`` post-build step that pretrains each new checkpoint in place for ``minutes``
+    (None when ``minutes`` is 0: the zoo keeps its seeded initial weights)."""
+    if minutes <= 0:
+        return None
+
+    def post_build(spec: Any, built: Path) -> None:
+        log.info("%s pretrained: %s", spec.name, pretrain_in_place(built, spec.family, minutes, seed=seed))
+
+    return post_build

@@ -130,15 +130,6 @@ def test_replay_command_serves_the_store(capsys, tmp_path, port):
 
 
 @pytest.mark.slow
-def test_demo_round_trip(capsys):
-    doc = run_json(capsys, "demo", "--hours", "1500")
-    assert doc["ok"] is True
-    assert [s["symbol"] for s in doc["series"]] == ["SYNAUSDT", "SYNBUSDT", "SYNCUSDT"]
-    assert all(s["rows"] == 1500 and s["identical"] and s["gaps"] == 0 for s in doc["series"])
-    code, out, _ = run(capsys, "demo", "--hours", "200", "--symbols", "AAA,BBB")
-    assert code == 0 and "AAA" in out and "BBB" in out
-
-
 @needs_shared
 @pytest.mark.shared
 def test_shared_btcusdt_import_reports_its_five_real_gaps(capsys, tmp_path):

@@ -77,7 +77,8 @@ def test_pretrain_checkpoint_lowers_validation_loss(tmp_path: Path) -> None:
 
 @pytest.mark.slow
 def test_models_build_pretrains_the_zoo(capsys: pytest.CaptureFixture[str]) -> None:
-    code, out, _ = run_cli(["models", "build", "--only", "lagllama-fm-tiny", "--json"], capsys)
+    args = ["models", "build", "--only", "lagllama-fm-tiny", "--pretrain-minutes", "0", "--json"]
+    code, out, _ = run_cli(args, capsys)
     assert code == 0
     raw = Path(json.loads(out)[0]["checkpoint"])
     initial = (raw / "model.safetensors").read_bytes()

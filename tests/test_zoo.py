@@ -26,7 +26,7 @@ def test_build_list_round_trip_through_the_cli(capsys: pytest.CaptureFixture[str
     assert before["random-walk"]["available"] and before["random-walk"]["family"] == "baseline"
     assert set(before["chronos-fm-tiny"]) >= {"name", "family", "checkpoint", "device", "available"}
 
-    code, out, _ = run_cli(["models", "build", "--json"], capsys)
+    code, out, _ = run_cli(["models", "build", "--pretrain-minutes", "0", "--json"], capsys)
     assert code == 0
     built = json.loads(out)
     assert [row["name"] for row in built] == ZOO
@@ -41,7 +41,7 @@ def test_build_list_round_trip_through_the_cli(capsys: pytest.CaptureFixture[str
     assert all(row["available"] for row in after.values())
     assert after["timesfm-fm-tiny"]["family"] == "timesfm"
 
-    code, out, _ = run_cli(["models", "build", "--json"], capsys)
+    code, out, _ = run_cli(["models", "build", "--pretrain-minutes", "0", "--json"], capsys)
     assert {row["status"] for row in json.loads(out)} == {"exists"}
 
     # Every zoo checkpoint loads through its family's real loader and forecasts a mixed-length batch.

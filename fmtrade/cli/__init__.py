@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import sys
 
 import click
@@ -64,12 +65,34 @@ def _register() -> None:
 _register()
 
 
+def _run(command: click.Command, args: list[str]) -> object:
+    """Run with stdout reserved for the one JSON document: anything else written there (Ray's
+    worker-log forwarding, library prints) goes to stderr, and a Ray connection the command opened
+    is closed before the stream is handed back, so no late log line lands after the document."""
+    CliState.result_stream = sys.stdout
+    ray_was_up = "ray" in sys.modules and sys.modules["ray"].is_initialized()
+    try:
+        with contextlib.redirect_stdout(sys.stderr):
+            try:
+                return command.main(args=args, prog_name="fmtrade", standalone_mode=False)
+            finally:
+                ray = sys.modules.get("ray")
+                if not ray_was_up and ray is not None and ray.is_initialized():
+                    ray.shutdown()
+    finally:
+        CliState.result_stream = None
+
+
 def main(argv: list[str] | None = None) -> None:
     """Console entry point: user errors become one line on stderr and exit code 2."""
     command = typer.main.get_command(app)
+    args = sys.argv[1:] if argv is None else argv
     try:
         # typer.Exit (raised by common.fail) is not click's Exit: typer returns its code instead.
-        code = command.main(args=argv, prog_name="fmtrade", standalone_mode=False)
+        if "--json" in args:
+            code = _run(command, args)
+        else:
+            code = command.main(args=args, prog_name="fmtrade", standalone_mode=False)
     except click.exceptions.Exit as exc:
         sys.exit(exc.exit_code)
     except click.exceptions.Abort:

@@ -9,7 +9,7 @@ from __future__ import annotations
 import json
 import logging
 import sys
-from typing import Any, NoReturn
+from typing import Any, NoReturn, TextIO
 
 import typer
 
@@ -26,6 +26,8 @@ class CliState:
 
     config: str | None = None
     _settings: Settings | None = None
+    #: Where results go; under ``--json`` everything else printed to stdout is sent to stderr.
+    result_stream: TextIO | None = None
 
     @classmethod
     def settings(cls) -> Settings:
@@ -44,8 +46,9 @@ def settings() -> Settings:
 
 
 def emit_json(obj: Any) -> None:
-    sys.stdout.write(json.dumps(obj, default=str, allow_nan=False) + "\n")
-    sys.stdout.flush()
+    stream = CliState.result_stream or sys.stdout
+    stream.write(json.dumps(obj, default=str, allow_nan=False) + "\n")
+    stream.flush()
 
 
 def fail(message: str) -> NoReturn:

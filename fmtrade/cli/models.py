@@ -2,13 +2,10 @@
 
 from __future__ import annotations
 
-from pathlib import Path
-
 import typer
 from rich.console import Console
 
-from fmtrade.cli.common import JSON_OPTION, emit_json, log, print_table, settings, split_csv
-from fmtrade.models.registry import ModelSpec
+from fmtrade.cli.common import JSON_OPTION, emit_json, print_table, settings, split_csv
 from fmtrade.models.zoo import build_zoo, list_models
 
 app = typer.Typer(help="The model registry and the local model zoo.", no_args_is_help=True)
@@ -31,22 +28,19 @@ def build_command(
     force: bool = typer.Option(False, "--force", help="Rebuild checkpoints that already exist."),
     seed: int = typer.Option(0, "--seed", help="Seed of the initial weights."),
     pretrain_minutes: float = typer.Option(
-        0.0, "--pretrain-minutes", help="Pretrain each model this long on synthetic + KernelSynth series (0: none)."
+        2.0, "--pretrain-minutes", min=0.0,
+        help="Pretrain each new model this long on synthetic + KernelSynth series (0: seeded random weights).",
     ),
     json_out: bool = JSON_OPTION,
 ) -> None:
     """Build the zoo checkpoints (seeded initial weights, each family's native on-disk format),
     optionally pretrained in this process (``fmtrade pretrain`` is the Ray Train job)."""
-    post_build = None
-    if pretrain_minutes > 0:
-        from fmtrade.training import pretrain_in_place
-
-        def post_build(spec: ModelSpec, built: Path) -> None:
-            log.info("%s pretrained: %s", spec.name, pretrain_in_place(built, spec.family, pretrain_minutes, seed=seed))
+    from fmtrade.training import zoo_pretrainer
 
     with Console(stderr=True).status("building the model zoo"):
         rows = build_zoo(
-            settings(), only=split_csv(only, "--only") or None, seed=seed, force=force, post_build=post_build
+            settings(), only=split_csv(only, "--only") or None, seed=seed, force=force,
+            post_build=zoo_pretrainer(pretrain_minutes, seed),
         )
     if json_out:
         emit_json(rows)

@@ -1,0 +1,46 @@
+"""`fmtrade demo` end to end, as `make demo` runs it (zoo pretraining off to keep it short)."""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+pytestmark = pytest.mark.slow
+
+
+def test_demo_runs_data_models_backtest_and_serve(isolated_home: Path, tmp_path: Path) -> None:
+    done = subprocess.run(
+        [sys.executable, "-m", "fmtrade", "demo", "--hours", "1500", "--pretrain-minutes", "0",
+         "--backtest-days", "4", "--json"],
+        capture_output=True, text=True, timeout=900,
+    )  # fmt: skip
+    assert done.returncode == 0, done.stderr[-3000:]
+    report = json.loads(done.stdout)
+    symbols = ["SYNAUSDT", "SYNBUSDT", "SYNCUSDT"]
+
+    assert report["data"]["ok"] is True
+    assert [s["symbol"] for s in report["data"]["series"]] == symbols
+    assert all(s["rows"] == 1500 and s["identical"] for s in report["data"]["series"])
+
+    built = {row["name"]: row["status"] for row in report["zoo"]}
+    assert set(built) == {"chronos-fm-tiny", "chronos-bolt-fm-tiny", "chronos2-fm-tiny", "timesfm-fm-tiny",
+                          "lagllama-fm-tiny"}  # fmt: skip
+    assert all((isolated_home / "zoo" / name / "config.json").is_file() for name in built)
+
+    rows = report["backtest"]["summary"]
+    models = {r["model"] for r in rows}
+    assert {"random-walk", "ensemble", "buy-and-hold", *built} <= models
+    assert {r["symbol"] for r in rows} == set(symbols)
+    run = Path(report["backtest"]["out"])
+    assert run == isolated_home / "runs" / "demo"
+    assert (run / "report.html").is_file() and json.loads((run / "summary.json").read_text()) == rows
+
+    forecasts = {row["symbol"]: row for row in report["forecasts"]}
+    assert list(forecasts) == symbols
+    for row in forecasts.values():
+        assert row["q10"] <= row["median"] <= row["q90"]
+        assert row["models"] >= 5 and row["failed"] == "-"
