@@ -43,9 +43,12 @@ def test_forecast_json_schema(market_store, capsys: pytest.CaptureFixture[str]) 
     assert set(doc["ensemble"]) == {"mean", "quantiles", "disagreement"}
     assert len(doc["ensemble"]["disagreement"]) == 12
     assert doc["failed"] == {}
-    assert doc["weights"] == pytest.approx(dict.fromkeys(models, 1 / 3))  # registry weights are all 1.0
+    registry = {"random-walk": 1.0, "theta": 1.0, "chronos-bolt-fm-tiny": 0.35}  # packaged models.yaml weights
+    total = sum(registry.values())
+    assert doc["weights"] == pytest.approx({m: w / total for m, w in registry.items()})
     means = np.array([doc["models"][m]["mean"] for m in models])
-    assert np.allclose(doc["ensemble"]["mean"], means.mean(axis=0))
+    weights = np.array([doc["weights"][m] for m in models])
+    assert np.allclose(doc["ensemble"]["mean"], weights @ means)
     # The random walk forecasts no direction: its median is the last close.
     last_close = market_store.read("AAAUSDT", "60", category="linear")["close"].iloc[-1]
     assert np.allclose(doc["models"]["random-walk"]["quantiles"]["0.5"], last_close)
