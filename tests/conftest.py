@@ -31,6 +31,26 @@ def port() -> int:
     return free_port()
 
 
+@pytest.fixture
+def s3_root(monkeypatch, port):
+    """A real S3 API (moto in server mode) on 127.0.0.1; s3fs and pyarrow find it through AWS_ENDPOINT_URL."""
+    boto3 = pytest.importorskip("boto3")
+    s3fs = pytest.importorskip("s3fs")
+    from moto.server import ThreadedMotoServer
+
+    server = ThreadedMotoServer(ip_address="127.0.0.1", port=port, verbose=False)
+    server.start()
+    endpoint = f"http://127.0.0.1:{port}"
+    for key, value in {"AWS_ACCESS_KEY_ID": "test", "AWS_SECRET_ACCESS_KEY": "test",
+                       "AWS_DEFAULT_REGION": "us-east-1", "AWS_ENDPOINT_URL": endpoint}.items():
+        monkeypatch.setenv(key, value)
+    s3fs.S3FileSystem.clear_instance_cache()
+    boto3.client("s3", endpoint_url=endpoint).create_bucket(Bucket="fmtrade-test")
+    yield "s3://fmtrade-test/store"
+    s3fs.S3FileSystem.clear_instance_cache()
+    server.stop()
+
+
 needs_shared = pytest.mark.skipif(not SHARED_DATA.exists(), reason="../shared/data is not present (fresh clone)")
 
 

@@ -239,26 +239,6 @@ def test_killed_sync_keeps_every_committed_page(tmp_path):
     assert not list(dest_root.rglob("*.tmp"))  # the re-run removed anything a killed writer left
 
 
-@pytest.fixture
-def s3_root(monkeypatch, port):
-    """A real S3 API (moto in server mode) on 127.0.0.1; s3fs finds it through AWS_ENDPOINT_URL."""
-    boto3 = pytest.importorskip("boto3")
-    s3fs = pytest.importorskip("s3fs")
-    from moto.server import ThreadedMotoServer
-
-    server = ThreadedMotoServer(ip_address="127.0.0.1", port=port, verbose=False)
-    server.start()
-    endpoint = f"http://127.0.0.1:{port}"
-    for key, value in {"AWS_ACCESS_KEY_ID": "test", "AWS_SECRET_ACCESS_KEY": "test",
-                       "AWS_DEFAULT_REGION": "us-east-1", "AWS_ENDPOINT_URL": endpoint}.items():
-        monkeypatch.setenv(key, value)
-    s3fs.S3FileSystem.clear_instance_cache()
-    boto3.client("s3", endpoint_url=endpoint).create_bucket(Bucket="fmtrade-test")
-    yield "s3://fmtrade-test/store"
-    s3fs.S3FileSystem.clear_instance_cache()
-    server.stop()
-
-
 @pytest.mark.slow
 def test_s3_store_round_trips_and_syncs(s3_root, market):
     source, server, client = market

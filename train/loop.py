@@ -27,6 +27,8 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
+import pyarrow
+import pyarrow.fs
 import ray
 import ray.train
 import torch
@@ -262,7 +264,7 @@ def fit(
     max_failures: int = 1,
 ) -> ray.train.Result:
     """Run the loop on a TorchTrainer; raise FmtradeError (one line) when training fails."""
-    storage = storage if "://" in storage else str(Path(storage).expanduser().resolve())
+    filesystem, storage = storage_location(storage)
     trainer = TorchTrainer(
         train_loop,
         train_loop_config={"loop": cfg},
@@ -272,6 +274,7 @@ def fit(
         run_config=RunConfig(
             name=f"{name}-{time.strftime('%Y%m%d-%H%M%S')}-{os.getpid()}",
             storage_path=storage,
+            storage_filesystem=filesystem,
             failure_config=FailureConfig(max_failures=max_failures),
             checkpoint_config=CheckpointConfig(num_to_keep=2),
         ),
@@ -285,6 +288,21 @@ def fit(
     if result.checkpoint is None:
         raise FmtradeError(f"{name}: training finished without a checkpoint")
     return result
+
+
+def storage_location(storage: str) -> tuple[pyarrow.fs.FileSystem | None, str]:
+    """Ray Train's (filesystem, path) for a local path or a URI such as ``s3://bucket/prefix``.
+
+    A URI is resolved here, on the driver, by pyarrow (``AWS_ENDPOINT_URL``, ``AWS_DEFAULT_REGION``), and Ray ships
+    the filesystem object to its workers, so an S3-compatible endpoint set where the job starts reaches every node.
+    Credentials are not shipped: each node finds its own (``AWS_*`` variables, instance role).
+    """
+    if "://" not in storage:
+        return None, str(Path(storage).expanduser().resolve())
+    try:
+        return pyarrow.fs.FileSystem.from_uri(storage)
+    except (pyarrow.ArrowException, OSError) as exc:
+        raise InputError("storage", f"cannot open {storage}: {exc}") from exc
 
 
 def _root_cause(exc: BaseException) -> str:
