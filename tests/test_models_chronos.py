@@ -111,6 +111,28 @@ def test_chronos_samples_are_per_row_reproducible(forecasters: dict) -> None:
     assert not np.array_equal(shuffled.mean[1], shuffled.mean[3])  # another seed, another sample
 
 
+def test_chronos_encodes_each_context_once(forecasters: dict) -> None:
+    # The sample paths share one encoder pass per row; only the decoder runs rows x num_samples.
+    model = forecasters["chronos"]
+    encoder_rows: list[int] = []
+    decoder_rows: set[int] = set()
+    hooks = [
+        model.module.get_encoder().register_forward_hook(
+            lambda m, args, kw, out: encoder_rows.append(kw["input_ids"].size(0)), with_kwargs=True
+        ),
+        model.module.get_decoder().register_forward_hook(
+            lambda m, args, kw, out: decoder_rows.add(out.last_hidden_state.size(0)), with_kwargs=True
+        ),
+    ]
+    try:
+        model.forecast(_mixed_batch(), 70, seeds=[1, 2, 3])  # 70 > 64: two unrolled generate calls
+    finally:
+        for hook in hooks:
+            hook.remove()
+    assert encoder_rows == [3, 3]
+    assert decoder_rows == {3 * OPTIONS["chronos"]["num_samples"]}
+
+
 def test_chronos2_uses_past_covariates(forecasters: dict) -> None:
     model = forecasters["chronos2"]
     assert model.covariates == ("volume", "funding")
