@@ -134,8 +134,8 @@ class LocalCluster:
         raise ClusterError(f"job server at {self.dashboard_url} not ready after {timeout_s:.0f} s ({last})")
 
     def processes(self) -> list[psutil.Process]:
-        """This cluster's processes: everything naming its session directory, plus their children
-        (workers rename themselves ``ray::...``, so they are found as children of the raylets)."""
+        """This cluster's processes: everything naming its session directory or its GCS address,
+        plus their children (workers rename themselves ``ray::...``: found as the raylets' children)."""
         session = None
         for proc in psutil.process_iter(["cmdline"]):
             args = proc.info["cmdline"] or []
@@ -145,8 +145,12 @@ class LocalCluster:
         if session is None:
             return []
         found: dict[int, psutil.Process] = {}
+        address_suffix = f":{self.gcs_port}"  # e.g. the Ray client server: --address=<node ip>:<port>
         for proc in psutil.process_iter(["cmdline"]):
-            if any(session in a for a in proc.info["cmdline"] or []):
+            args = proc.info["cmdline"] or []
+            if any(session in a for a in args) or any(
+                a.startswith(("--address=", "--gcs-address=")) and a.endswith(address_suffix) for a in args
+            ):
                 found[proc.pid] = proc
                 for child in proc.children(recursive=True):
                     found[child.pid] = child
