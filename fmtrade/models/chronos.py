@@ -363,6 +363,21 @@ def _save_seeded(make: Callable[[], PreTrainedModel], out_dir: Path, seed: int) 
     return write_dir_atomic(out, lambda build: model.save_pretrained(build, safe_serialization=True))
 
 
+def _t5_config(dims: dict[str, int], chronos_config: dict[str, Any], pipeline_class: str, **extra: Any) -> T5Config:
+    """The T5 backbone both T5-based families share (the token model adds its vocabulary size)."""
+    return T5Config(
+        num_decoder_layers=dims["num_layers"],
+        feed_forward_proj="relu",
+        pad_token_id=0,
+        eos_token_id=1,
+        decoder_start_token_id=0,
+        chronos_config=chronos_config,
+        chronos_pipeline_class=pipeline_class,
+        **dims,
+        **extra,
+    )
+
+
 def build_chronos_checkpoint(out_dir: Path, size: str = "tiny", seed: int = 0) -> Path:
     """Chronos T5 token model (seq2seq) with the published tokenizer: 4096 mean-scaled uniform
     bins on [-15, 15], EOS token, 20 sample paths, top-k 50."""
@@ -383,17 +398,7 @@ def build_chronos_checkpoint(out_dir: Path, size: str = "tiny", seed: int = 0) -
         "top_k": 50,
         "top_p": 1.0,
     }
-    config = T5Config(
-        vocab_size=chronos_config["n_tokens"],
-        num_decoder_layers=dims["num_layers"],
-        feed_forward_proj="relu",
-        pad_token_id=0,
-        eos_token_id=1,
-        decoder_start_token_id=0,
-        chronos_config=chronos_config,
-        chronos_pipeline_class="ChronosPipeline",
-        **dims,
-    )
+    config = _t5_config(dims, chronos_config, "ChronosPipeline", vocab_size=chronos_config["n_tokens"])
     return _save_seeded(lambda: T5ForConditionalGeneration(config), out_dir, seed)
 
 
@@ -408,16 +413,7 @@ def build_chronos_bolt_checkpoint(out_dir: Path, size: str = "tiny", seed: int =
         "quantiles": _BOLT_QUANTILES,
         "use_reg_token": True,
     }
-    config = T5Config(
-        num_decoder_layers=dims["num_layers"],
-        feed_forward_proj="relu",
-        pad_token_id=0,
-        eos_token_id=1,
-        decoder_start_token_id=0,
-        chronos_config=chronos_config,
-        chronos_pipeline_class="ChronosBoltPipeline",
-        **dims,
-    )
+    config = _t5_config(dims, chronos_config, "ChronosBoltPipeline")
     return _save_seeded(lambda: ChronosBoltModelForForecasting(config), out_dir, seed)
 
 
