@@ -38,6 +38,9 @@ def test_pretrain_refuses_an_existing_output(tmp_path: Path, capsys: pytest.Capt
         (["--base", "chronos-bolt-fm-tiny", "--mode", "sideways"], "mode"),
         (["--base", "chronos-bolt-fm-tiny", "--rank", "0"], "rank"),
         (["--base", "chronos-bolt-fm-tiny", "--val-start", "not-a-date"], "val_start"),
+        (["--base", "chronos-bolt-fm-tiny", "--tune", "--tune-ranks", "0,4"], "tune_ranks"),
+        (["--base", "chronos-bolt-fm-tiny", "--tune", "--tune-lrs", "fast"], "tune_lrs"),
+        (["--base", "chronos-bolt-fm-tiny", "--tune", "--tune-lrs", "-1e-3"], "tune_lrs"),
     ],
 )
 def test_finetune_bad_input(extra: list[str], field: str, capsys: pytest.CaptureFixture[str]) -> None:

@@ -72,3 +72,28 @@ def test_finetune_writes_per_symbol_adapters_that_change_the_forecast(
     base = ChronosBoltForecaster("base", checkpoint, device="cpu").forecast(context, 24)
     tuned = ChronosBoltForecaster("tuned", checkpoint, device="cpu", adapter=str(adapter)).forecast(context, 24)
     assert not np.allclose(base.quantiles, tuned.quantiles)
+
+
+def test_finetune_tune_publishes_the_trial_with_the_best_validation_wql(
+    market_store, capsys: pytest.CaptureFixture[str]
+) -> None:
+    settings = load_settings()
+    build_zoo(settings, only=["chronos-bolt-fm-tiny"])
+    argv = [
+        "finetune", "--base", "chronos-bolt-fm-tiny", "--symbols", "AAAUSDT", "--alpha", "4", "--rank", "2",
+        "--tune", "--tune-lrs", "1e-3", "--tune-ranks", "2,4", "--epochs", "1", "--max-steps", "3",
+        "--workers", "1", "--batch-size", "8", "--store", market_store.root, "--val-start", "2022-03-20", "--json",
+    ]  # fmt: skip
+    code, out, err = run_cli(argv, capsys)
+    assert code == 0, err
+    doc = json.loads(out)
+    swept = doc["tune"]["adapters"]["AAAUSDT"]
+    trials = swept["trials"]
+    assert sorted(t["rank"] for t in trials) == [2, 4]
+    assert all(t["error"] is None and t["best_val_wql"] is not None for t in trials)
+    assert {t["rank"]: t["alpha"] for t in trials} == {2: 4, 4: 8}  # alpha keeps the alpha / rank ratio
+    best = min(trials, key=lambda t: t["best_val_wql"])
+    assert swept["best"] == {"lr": best["lr"], "rank": best["rank"], "alpha": best["alpha"]}
+    assert doc["runs"][0]["best_val_wql"] == best["best_val_wql"]
+    published = json.loads((Path(doc["adapters"]["AAAUSDT"]) / "adapter_config.json").read_text())
+    assert (published["r"], published["lora_alpha"]) == (best["rank"], best["alpha"])

@@ -311,9 +311,9 @@ def _root_cause(exc: BaseException) -> str:
     return f"{type(exc).__name__}: {exc}".splitlines()[0]
 
 
-def publish_model(result: ray.train.Result, out_dir: Path) -> Path:
-    """Copy the final checkpoint's ``model/`` to ``out_dir`` (atomically; ``out_dir`` must not exist)."""
-    with result.checkpoint.as_directory() as directory:
+def publish_model(checkpoint: ray.train.Checkpoint, out_dir: Path) -> Path:
+    """Copy a checkpoint's ``model/`` to ``out_dir`` (atomically; ``out_dir`` must not exist)."""
+    with checkpoint.as_directory() as directory:
         source = Path(directory) / MODEL_DIR
         return write_dir_atomic(out_dir, lambda tmp: shutil.copytree(source, tmp, dirs_exist_ok=True))
 

@@ -14,6 +14,10 @@ family's own loss, on windows cut from the store by :mod:`train.datasets`:
 * training windows end at least one training horizon before the validation part;
   ``max_train_bars`` keeps only the last N bars of training targets (few-shot).
 
+With ``tune`` set, each adapter comes from a Ray Tune grid over learning rate and rank
+(:mod:`train.tune`): the trial with the best validation WQL is published and every
+trial is listed in the result's ``tune`` section.
+
 Adapters land in ``<zoo>/adapters/<base>/<symbol>/`` (pooled: ``.../pooled/``), the
 directory serve's multiplexing loads with the adapter's ``adapter=`` option.
 """
@@ -39,6 +43,7 @@ from fmtrade.training import FAMILIES, LoraParams, load_for_training, objective_
 from jobs.ray_runtime import init_ray
 from train.datasets import WindowSpec, window_datasets
 from train.loop import LoopConfig, fit, publish_model, summary
+from train.tune import TuneSpace, sweep
 
 POOLED = "pooled"
 TABLE_KEYS = ("mape", "wql", "coverage_80", "directional_accuracy", "mae", "windows")
@@ -71,6 +76,7 @@ class FinetuneParams:
     max_failures: int = 1
     fail_at_step: int | None = None
     fail_marker: str | None = None
+    tune: TuneSpace | None = None  # a Ray Tune grid over lr and rank instead of one run
 
     def __post_init__(self) -> None:
         if not self.symbols:
@@ -111,6 +117,7 @@ def finetune(settings: Settings, params: FinetuneParams) -> dict[str, Any]:
     groups = {POOLED: list(params.symbols)} if params.mode == POOLED else {s: [s] for s in params.symbols}
     adapters: dict[str, str] = {}
     runs: list[dict[str, Any]] = []
+    tuning: dict[str, dict[str, Any]] = {}
     for name, symbols in groups.items():
         spec_windows = WindowSpec(
             geometry, store_root=store.root, interval=params.interval, category=params.category,
@@ -124,22 +131,29 @@ def finetune(settings: Settings, params: FinetuneParams) -> dict[str, Any]:
             patience=params.patience, seed=params.seed, fail_at_step=params.fail_at_step,
             fail_marker=params.fail_marker,
         )  # fmt: skip
-        result = fit(
-            f"finetune-{params.base}-{name}", cfg, train, val, workers=params.workers, use_gpu=params.use_gpu,
-            storage=params.storage or settings.train_storage(), max_failures=params.max_failures,
-        )  # fmt: skip
+        run_args: dict[str, Any] = {
+            "workers": params.workers, "use_gpu": params.use_gpu,
+            "storage": params.storage or settings.train_storage(), "max_failures": params.max_failures,
+        }  # fmt: skip
+        if params.tune is None:
+            result = fit(f"finetune-{params.base}-{name}", cfg, train, val, **run_args)
+            checkpoint, metrics = result.checkpoint, summary(result)
+        else:
+            swept = sweep(f"finetune-{params.base}-{name}", cfg, train, val, params.tune, **run_args)
+            checkpoint, metrics = swept.checkpoint, swept.metrics
+            tuning[name] = {"best": swept.config, "trials": swept.trials}
         target = root / params.base / name
         target.parent.mkdir(parents=True, exist_ok=True)
         with tempfile.TemporaryDirectory(prefix=f".{name}.", dir=target.parent) as scratch:
-            publish_dir(publish_model(result, Path(scratch) / name), target)
+            publish_dir(publish_model(checkpoint, Path(scratch) / name), target)
         adapters[name] = str(target)
-        metrics = summary(result)
         runs.append({"adapter": name, "train_windows": train.count(), **{k: metrics.get(k) for k in _RUN_KEYS}})
     table = _table(settings, spec, closes, adapters, params, val_start)
+    extra = {"tune": {"metric": "best_val_wql", "adapters": tuning}} if params.tune is not None else {}
     return {
         "base": params.base, "mode": params.mode, "val_start": val_start.isoformat(), "adapters": adapters,
         "trainable_params": runs[0]["trainable_params"], "total_params": runs[0]["total_params"],
-        "runs": runs, "table": table, "seconds": round(time.perf_counter() - started, 1),
+        "runs": runs, "table": table, **extra, "seconds": round(time.perf_counter() - started, 1),
     }  # fmt: skip
 
 

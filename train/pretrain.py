@@ -86,7 +86,7 @@ def pretrain(params: PretrainParams, address: str | None = "local") -> dict[str,
             f"pretrain-{params.arch}", cfg, train, val, workers=params.workers, use_gpu=params.use_gpu,
             storage=params.storage, max_failures=params.max_failures,
         )  # fmt: skip
-        checkpoint = publish_model(result, Path(params.out))
+        checkpoint = publish_model(result.checkpoint, Path(params.out))
     metrics = summary(result)
     return {
         "checkpoint": str(checkpoint), "arch": params.arch, "size": params.size, "steps": metrics["step"],

@@ -9,11 +9,15 @@ from __future__ import annotations
 import json
 import logging
 import sys
-from typing import Any, NoReturn, TextIO
+from collections.abc import Callable
+from typing import Any, NoReturn, TextIO, TypeVar
 
 import typer
 
 from fmtrade.config import Settings, load_settings
+from fmtrade.errors import InputError
+
+T = TypeVar("T")
 
 log = logging.getLogger("fmtrade")
 
@@ -65,6 +69,14 @@ def split_csv(value: str | None, field: str) -> list[str]:
     if not items or any(not item for item in items):
         fail(f"{field}: expected a comma-separated list, got {value!r}")
     return items
+
+
+def split_numbers(value: str, field: str, kind: Callable[[str], T]) -> list[T]:
+    """Parse a comma-separated list of numbers (``kind`` is int or float); errors name ``field``."""
+    try:
+        return [kind(item) for item in split_csv(value, f"--{field.replace('_', '-')}")]
+    except ValueError as exc:
+        raise InputError(field, f"{value!r} is not a comma-separated list of {kind.__name__} values") from exc
 
 
 def setup_logging(verbose: bool) -> None:

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import typer
 
-from fmtrade.cli.common import JSON_OPTION, STORE_OPTION, emit_json, print_table, settings, split_csv
+from fmtrade.cli.common import JSON_OPTION, STORE_OPTION, emit_json, print_table, settings, split_csv, split_numbers
 from fmtrade.client import forecast_remote
 from fmtrade.data.intervals import check_category, check_interval
 from fmtrade.data.store import Store
@@ -16,11 +16,7 @@ from fmtrade.models.registry import active_specs, select_specs
 
 
 def parse_quantiles(value: str) -> tuple[float, ...]:
-    try:
-        levels = [float(q) for q in split_csv(value, "--quantiles")]
-    except ValueError as exc:
-        raise InputError("quantiles", f"{value!r} is not a comma-separated list of numbers") from exc
-    return check_quantile_levels(levels)
+    return check_quantile_levels(split_numbers(value, "quantiles", float))
 
 
 def forecast(

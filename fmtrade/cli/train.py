@@ -10,7 +10,7 @@ from pathlib import Path
 
 import typer
 
-from fmtrade.cli.common import JSON_OPTION, STORE_OPTION, emit_json, print_table, settings, split_csv
+from fmtrade.cli.common import JSON_OPTION, STORE_OPTION, emit_json, print_table, settings, split_csv, split_numbers
 from fmtrade.data.store import to_utc
 
 CORPUS_HELP = "Comma-separated sources: synthetic, kernelsynth, store:SYMBOL."
@@ -76,6 +76,10 @@ def finetune(
     batch_size: int = typer.Option(32, "--batch-size", help="Windows per worker per step."),
     out: Path = typer.Option(None, "--out", help="Adapters root (default: <zoo>/adapters)."),
     storage: str = typer.Option(None, "--storage", help="Ray Train storage (path or s3://); default train storage."),
+    tune: bool = typer.Option(False, "--tune", help="Ray Tune grid over --tune-lrs x --tune-ranks per adapter."),
+    tune_lrs: str = typer.Option("3e-4,1e-3,3e-3", "--tune-lrs", help="Learning rates the --tune grid tries."),
+    tune_ranks: str = typer.Option("4,8", "--tune-ranks", help="LoRA ranks the --tune grid tries."),
+    tune_concurrent: int = typer.Option(1, "--tune-concurrent", help="Trials at once (each needs --workers CPUs)."),
     store: str = STORE_OPTION,
     json_out: bool = JSON_OPTION,
 ) -> None:
@@ -83,9 +87,17 @@ def finetune(
     from fmtrade.training import LoraParams
     from train.lora import FinetuneParams
     from train.lora import finetune as run_finetune
+    from train.tune import TuneSpace
 
     cfg = settings()
     targets = None if target_modules == "auto" else tuple(split_csv(target_modules, "--target-modules"))
+    space = None
+    if tune:
+        space = TuneSpace(
+            lrs=tuple(split_numbers(tune_lrs, "tune_lrs", float)),
+            ranks=tuple(split_numbers(tune_ranks, "tune_ranks", int)),
+            max_concurrent=tune_concurrent,
+        )
     params = FinetuneParams(
         base=base, symbols=tuple(split_csv(symbols, "--symbols")), category=category or cfg.data.category,
         interval=interval or cfg.data.interval, mode=mode,  # type: ignore[arg-type]
@@ -93,7 +105,7 @@ def finetune(
         workers=workers or cfg.train.workers, use_gpu=cfg.train.use_gpu if use_gpu is None else use_gpu,
         val_start=to_utc(val_start, "val_start"), max_train_bars=max_train_bars,
         adapters_root=out, storage=storage, store=store, horizon=horizon, batch_size=batch_size, lr=lr,
-        patience=patience, seed=cfg.train.seed,
+        patience=patience, seed=cfg.train.seed, tune=space,
     )  # fmt: skip
     result = run_finetune(cfg, params)
     if json_out:
@@ -104,3 +116,6 @@ def finetune(
     typer.echo(f"trainable {result['trainable_params']} of {result['total_params']} parameters; adapters:", err=True)
     for name, path in result["adapters"].items():
         typer.echo(f"  {name}: {path}", err=True)
+    for name, swept in result.get("tune", {}).get("adapters", {}).items():
+        print_table(swept["trials"], ["lr", "rank", "alpha", "best_val_wql", "step", "error"],
+                    title=f"{name}: tuning trials (best: lr {swept['best']['lr']:g}, rank {swept['best']['rank']})")
