@@ -122,8 +122,9 @@ class _ChronosFamily(Forecaster):
 
     @staticmethod
     def _tensors(contexts: list[np.ndarray]) -> list[torch.Tensor]:
-        """Rows as float32 tensors; the pipelines left-pad them with NaN and mask NaNs."""
-        return [torch.as_tensor(c, dtype=torch.float32) for c in contexts]
+        """Rows as float32 tensors; the pipelines left-pad them with NaN and mask NaNs. Copied:
+        rows read from Ray's object store are read-only views, which torch must not share."""
+        return [torch.from_numpy(np.array(c, dtype=np.float32)) for c in contexts]
 
     @staticmethod
     def _from_native(
@@ -329,7 +330,7 @@ class Chronos2Forecaster(_ChronosFamily):
                     "past_covariates": {k: np.asarray(covariates[r][k], dtype=np.float32) for k in keys},
                 }
                 if keys
-                else torch.as_tensor(contexts[r], dtype=torch.float32)
+                else self._tensors([contexts[r]])[0]
                 for r in rows
             ]
             native = self.pipeline.predict(
