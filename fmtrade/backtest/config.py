@@ -7,13 +7,16 @@ from typing import Any
 
 import pandas as pd
 
-from fmtrade.config import Settings
+from fmtrade.config import BacktestSettings, DataSettings, Settings
 from fmtrade.data.bybit import parse_time
 from fmtrade.data.intervals import check_category, check_interval
 from fmtrade.errors import InputError
 from fmtrade.models.base import DEFAULT_QUANTILES, check_quantile_levels
 
 STRATEGIES = ("threshold", "risk")
+#: The config sections' defaults are the one source of the run parameters' defaults.
+_BT = BacktestSettings()
+_DATA = DataSettings()
 
 
 def end_exclusive(end: pd.Timestamp) -> pd.Timestamp:
@@ -27,21 +30,21 @@ class BacktestConfig:
 
     start: pd.Timestamp
     end: pd.Timestamp  # exclusive
-    context: int = 512
-    horizon: int = 24
-    rebalance: int = 24
-    interval: str = "60"
-    category: str = "spot"
-    strategy: str = "threshold"
+    context: int = _BT.context
+    horizon: int = _BT.horizon
+    rebalance: int = _BT.rebalance
+    interval: str = _DATA.interval
+    category: str = _DATA.category
+    strategy: str = _BT.strategy
     seed: int = 0
-    initial_equity: float = 100_000.0
-    taker_fee_bps: float = 7.5
-    slippage_bps: float = 2.0
-    min_trade_notional: float = 5.0
-    threshold: float = 0.005
-    position_fraction: float = 1.0
-    target_volatility: float = 0.5
-    max_leverage: float = 1.0
+    initial_equity: float = _BT.initial_equity
+    taker_fee_bps: float = _BT.taker_fee_bps
+    slippage_bps: float = _BT.slippage_bps
+    min_trade_notional: float = _BT.min_trade_notional
+    threshold: float = _BT.threshold
+    position_fraction: float = _BT.position_fraction
+    target_volatility: float = _BT.target_volatility
+    max_leverage: float = _BT.max_leverage
     quantile_levels: tuple[float, ...] = DEFAULT_QUANTILES
 
     def __post_init__(self) -> None:
