@@ -31,6 +31,15 @@ MAX_QUANTILES = 99
 Covariates = Mapping[str, np.ndarray]
 
 
+def check_constructor_args(family: str, options: Mapping[str, object], context_length: int | None) -> None:
+    """The checks every neural adapter's constructor makes before loading weights: no option it
+    did not consume, and a positive ``context_length`` when one is given."""
+    if options:
+        raise InputError("options", f"unknown option(s) for {family}: {', '.join(sorted(options))}")
+    if context_length is not None and context_length < 1:
+        raise InputError("context_length", f"must be positive, got {context_length}")
+
+
 def check_quantile_levels(levels: Sequence[float], field_name: str = "quantiles") -> tuple[float, ...]:
     """Levels must be finite, strictly inside (0, 1), unique; returned sorted."""
     values = [float(q) for q in levels]

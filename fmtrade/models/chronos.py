@@ -51,7 +51,7 @@ from transformers.modeling_outputs import BaseModelOutput
 
 from fmtrade.errors import InputError
 from fmtrade.io import write_dir_atomic
-from fmtrade.models.base import Covariates, Forecaster
+from fmtrade.models.base import Covariates, Forecaster, check_constructor_args
 from fmtrade.models.checkpoints import ModelLoadError, apply_lora_adapter, load_with_hint
 from fmtrade.models.device import resolve_device, resolve_dtype
 
@@ -92,10 +92,7 @@ class _ChronosFamily(Forecaster):
         self.name = name
         adapter = options.pop("adapter", None)
         self._take_options(options)
-        if options:
-            raise InputError("options", f"unknown option(s) for {self.family}: {', '.join(sorted(options))}")
-        if context_length is not None and context_length < 1:
-            raise InputError("context_length", f"must be positive, got {context_length}")
+        check_constructor_args(self.family, options, context_length)
         self.device = resolve_device(device)
         self.torch_dtype = resolve_dtype(dtype, self.device)
         self.pipeline = load_with_hint(checkpoint, self._load, name)

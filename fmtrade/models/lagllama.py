@@ -49,7 +49,7 @@ from torch import nn
 
 from fmtrade.errors import InputError
 from fmtrade.io import write_dir_atomic, write_json_atomic
-from fmtrade.models.base import Covariates, Forecaster
+from fmtrade.models.base import Covariates, Forecaster, check_constructor_args
 from fmtrade.models.checkpoints import apply_lora_adapter, load_with_hint
 from fmtrade.models.device import resolve_device, resolve_dtype
 
@@ -464,14 +464,11 @@ class LagLlamaForecaster(Forecaster):
         adapter = options.pop("adapter", None)
         self.num_samples = int(options.pop("num_samples", 100))
         self.max_paths = int(options.pop("max_paths", 8192))
-        if options:
-            raise InputError("options", f"unknown option(s) for lagllama: {', '.join(sorted(options))}")
         if self.num_samples < 1:
             raise InputError("num_samples", f"must be positive, got {self.num_samples}")
         if self.max_paths < 1:
             raise InputError("max_paths", f"must be positive, got {self.max_paths}")
-        if context_length is not None and context_length < 1:
-            raise InputError("context_length", f"must be positive, got {context_length}")
+        check_constructor_args(self.family, options, context_length)
         self.device = resolve_device(device)
         self.torch_dtype = resolve_dtype(dtype, self.device)
         model = load_with_hint(checkpoint, LagLlamaModel.from_pretrained, name)

@@ -44,7 +44,7 @@ from timesfm.torch.normalization import RMSNorm
 
 from fmtrade.errors import InputError
 from fmtrade.io import write_dir_atomic
-from fmtrade.models.base import Covariates, Forecaster, interpolate_quantiles
+from fmtrade.models.base import Covariates, Forecaster, check_constructor_args, interpolate_quantiles
 from fmtrade.models.checkpoints import apply_lora_adapter, load_with_hint
 from fmtrade.models.device import resolve_device, resolve_dtype
 
@@ -215,10 +215,7 @@ class TimesFMForecaster(Forecaster):
         adapter = options.pop("adapter", None)
         torch_compile = bool(options.pop("torch_compile", False))
         self._flip = bool(options.pop("force_flip_invariance", True))
-        if options:
-            raise InputError("options", f"unknown option(s) for timesfm: {', '.join(sorted(options))}")
-        if context_length is not None and context_length < 1:
-            raise InputError("context_length", f"must be positive, got {context_length}")
+        check_constructor_args(self.family, options, context_length)
         self.device = resolve_device(device)
         self.torch_dtype = resolve_dtype("float32" if dtype == "auto" else dtype, self.device)
         self._tfm = load_with_hint(checkpoint, lambda src: load_timesfm(src, torch_compile), name)
