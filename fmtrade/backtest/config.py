@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from dataclasses import dataclass, replace
+from dataclasses import dataclass, fields, replace
 from typing import Any
 
 import pandas as pd
@@ -65,23 +65,13 @@ class BacktestConfig:
     @classmethod
     def from_settings(cls, settings: Settings, start: str | pd.Timestamp, end: str | pd.Timestamp, **overrides: Any):
         """Defaults from ``settings.backtest`` (and ``data.interval``); ``None`` overrides are ignored."""
-        bt = settings.backtest
+        # Every run parameter the backtest section also holds comes from it.
+        shared = {f.name for f in fields(cls)} & set(BacktestSettings.model_fields)
         base = cls(
             start=parse_time(start, "start"),
             end=end_exclusive(parse_time(end, "end")),
-            context=bt.context,
-            horizon=bt.horizon,
-            rebalance=bt.rebalance,
             interval=settings.data.interval,
             category=settings.data.category,
-            strategy=bt.strategy,
-            initial_equity=bt.initial_equity,
-            taker_fee_bps=bt.taker_fee_bps,
-            slippage_bps=bt.slippage_bps,
-            min_trade_notional=bt.min_trade_notional,
-            threshold=bt.threshold,
-            position_fraction=bt.position_fraction,
-            target_volatility=bt.target_volatility,
-            max_leverage=bt.max_leverage,
+            **{name: getattr(settings.backtest, name) for name in shared},
         )
         return replace(base, **{k: v for k, v in overrides.items() if v is not None})
