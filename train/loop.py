@@ -282,9 +282,9 @@ def fit(
     try:
         result = trainer.fit()
     except ray.train.TrainingFailedError as exc:
-        raise FmtradeError(f"{name}: training failed: {_root_cause(exc)}") from exc
+        raise FmtradeError(f"{name}: training failed: {root_cause(exc)}") from exc
     if result.error is not None:
-        raise FmtradeError(f"{name}: training failed: {_root_cause(result.error)}")
+        raise FmtradeError(f"{name}: training failed: {root_cause(result.error)}")
     if result.checkpoint is None:
         raise FmtradeError(f"{name}: training finished without a checkpoint")
     return result
@@ -305,7 +305,8 @@ def storage_location(storage: str) -> tuple[pyarrow.fs.FileSystem | None, str]:
         raise InputError("storage", f"cannot open {storage}: {exc}") from exc
 
 
-def _root_cause(exc: BaseException) -> str:
+def root_cause(exc: BaseException) -> str:
+    """One line naming the innermost exception (Ray wraps a worker's error in its own)."""
     while exc.__cause__ is not None:
         exc = exc.__cause__
     return f"{type(exc).__name__}: {exc}".splitlines()[0]

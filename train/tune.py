@@ -22,7 +22,7 @@ from ray import tune
 from ray.train import Checkpoint
 
 from fmtrade.errors import FmtradeError, InputError
-from train.loop import LoopConfig, fit, storage_location, summary
+from train.loop import LoopConfig, fit, root_cause, storage_location, summary
 
 METRIC = "best_val_wql"
 #: CPU a trial reserves for itself: it only drives a trainer, whose workers reserve the real CPUs.
@@ -112,7 +112,7 @@ def sweep(
 
 def _trial_row(result: tune.Result) -> dict[str, Any]:
     metrics = result.metrics or {}
-    error = None if result.error is None else str(result.error).strip().splitlines()[-1]
+    error = None if result.error is None else root_cause(result.error)
     return {
         "lr": result.config["lr"],
         "rank": result.config["rank"],
