@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import asyncio
 import time
+from collections.abc import Awaitable, Callable
 from typing import Any
 
 import numpy as np
@@ -24,20 +25,18 @@ from fmtrade.errors import InputError
 from fmtrade.models.base import Forecast, Forecaster
 from fmtrade.models.registry import ModelSpec, active_specs, build_forecaster, select_specs
 from fmtrade.models.zoo import adapter_dir
+from serve.member_calls import MemberCall, MemberSender, Outcome
 from serve.messages import (
     EnsembleRequest,
     EnsembleResult,
     MembersFailed,
     ModelRequest,
     ModelResult,
-    unwrap,
+    shift_rows,
 )
-from serve.options import AppConfig
+from serve.options import AppConfig, ModelOptions
 
 _HEALTH_CONTEXT = np.linspace(100.0, 101.0, 64)
-
-#: A member call's result: its answer, the exception it raised, or why it was dropped.
-Outcome = ModelResult | BaseException | str
 
 
 def has_adapter(settings: Settings, model: str, adapter: str) -> bool:
@@ -78,15 +77,32 @@ class ModelDeployment:
 
         return load_adapter
 
-    async def forecast(self, request: ModelRequest) -> ModelResult:
+    async def forecast(self, requests: list[ModelRequest]) -> list[ModelResult | Exception]:
+        """Answers one caller's coalesced requests (see serve.member_calls). A request is cut
+        into pieces of at most ``max_batch_size`` series for ``@serve.batch``, which merges
+        them with other calls' pieces; a request's failure comes back in its own slot, so the
+        requests that travelled with it still get their answers."""
         if self.options.delay_s:
             await asyncio.sleep(self.options.delay_s)
         if self.options.fail_with:
             raise RuntimeError(self.options.fail_with)
-        result = await self._batched(request)
-        if isinstance(result, Exception):
-            raise result
-        return result
+        return list(await asyncio.gather(*(self._answer(r) for r in requests)))
+
+    async def _answer(self, request: ModelRequest) -> ModelResult | Exception:
+        size = self.options.max_batch_size
+        results = await asyncio.gather(*(self._batched(piece) for piece in request.pieces(size)))
+        for k, result in enumerate(results):
+            if isinstance(result, Exception):
+                return shift_rows(result, k * size)
+        if len(results) == 1:
+            return results[0]
+        parts = [r for r in results if isinstance(r, ModelResult)]
+        return ModelResult(
+            Forecast.concat([r.forecast for r in parts]),
+            parts[0].adapter,
+            max(r.compute_ms for r in parts),
+            max(r.batch_rows for r in parts),
+        )
 
     @serve.batch(max_batch_size=32, batch_wait_timeout_s=0.005, batch_size_fn=_rows)
     async def _batched(self, requests: list[ModelRequest]) -> list[ModelResult | Exception]:
@@ -155,11 +171,15 @@ class FanOut:
     one-model request, where a separate ensemble hop would only add a round trip.
     """
 
-    def __init__(self, members: dict[str, DeploymentHandle], settings: Settings, timeout_s: float) -> None:
-        self.members = members
-        self.settings = settings
-        self.timeout_s = timeout_s
-        self.weights = {s.name: s.weight for s in active_specs(settings) if s.name in members}
+    def __init__(self, members: dict[str, DeploymentHandle], cfg: AppConfig) -> None:
+        self.settings = cfg.load_settings()
+        self.timeout_s = cfg.ensemble.timeout_s
+        self.members = tuple(members)
+        self.send = {name: self._sender(handle, cfg.options_for(name)) for name, handle in members.items()}
+        self.weights = {s.name: s.weight for s in active_specs(self.settings) if s.name in members}
+
+    def _sender(self, handle: DeploymentHandle, options: ModelOptions) -> Callable[[MemberCall], Awaitable[Outcome]]:
+        return MemberSender(handle, options.max_batch_size, options.in_flight_per_caller(), self.timeout_s).send
 
     async def forecast(self, request: EnsembleRequest) -> EnsembleResult:
         names = request.models or tuple(self.members)
@@ -187,19 +207,15 @@ class FanOut:
         return EnsembleResult(forecasts, ensemble, weights, failed, adapters, latency, batch_rows)
 
     async def _member(self, name: str, request: EnsembleRequest) -> tuple[str, Outcome, float]:
-        handle = self.members[name]
-        if request.symbol and has_adapter(self.settings, name, request.symbol):
-            handle = handle.options(multiplexed_model_id=request.symbol)
-        call = ModelRequest(request.contexts, request.horizon, request.quantile_levels)
+        adapter = request.symbol if request.symbol and has_adapter(self.settings, name, request.symbol) else None
+        call = MemberCall(ModelRequest(request.contexts, request.horizon, request.quantile_levels), adapter)
         start = time.perf_counter()
-        response = handle.forecast.remote(call)
         try:
-            outcome: Outcome = await asyncio.wait_for(response, self.timeout_s)
+            # The sender applies the time budget to the model call and cancels it; this bound
+            # also covers the moment the request waits in the sender's queue.
+            outcome = await asyncio.wait_for(self.send[name](call), self.timeout_s)
         except TimeoutError:
-            response.cancel()
             outcome = f"timed out after {self.timeout_s:g}s"
-        except Exception as exc:  # noqa: BLE001 - a failing member is dropped and reported
-            outcome = unwrap(exc)
         return name, outcome, (time.perf_counter() - start) * 1000.0
 
 
@@ -209,7 +225,7 @@ class EnsembleDeployment:
 
     def __init__(self, members: dict[str, DeploymentHandle], app_args: dict[str, Any]) -> None:
         cfg = AppConfig.parse(app_args)
-        self.fan_out = FanOut(members, cfg.load_settings(), cfg.ensemble.timeout_s)
+        self.fan_out = FanOut(members, cfg)
 
     async def forecast(self, request: EnsembleRequest) -> EnsembleResult:
         return await self.fan_out.forecast(request)

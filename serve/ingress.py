@@ -5,7 +5,6 @@ adapter and latency)."""
 from __future__ import annotations
 
 import asyncio
-import re
 import time
 from collections.abc import Sequence
 from typing import Any
@@ -23,7 +22,7 @@ from fmtrade.forecasting import future_timestamps, load_closes, quantile_dict
 from fmtrade.models.base import check_quantile_levels
 from serve.api import UnknownSeries, create_api
 from serve.deployments import FanOut
-from serve.messages import EnsembleRequest, EnsembleResult, MembersFailed, unwrap
+from serve.messages import EnsembleRequest, EnsembleResult, MembersFailed, context_row, unwrap
 from serve.options import AppConfig
 from serve.schemas import BatchRequest, ForecastRequest, Options, Series
 
@@ -45,7 +44,7 @@ class Ingress:
         self._token = cfg.token(self.settings)
         self._max_body = cfg.body_limit(self.settings)
         self._info: dict[str, dict[str, Any]] = {}  # static model facts, fetched once
-        self.direct = FanOut(members, self.settings, cfg.ensemble.timeout_s)  # one-model requests
+        self.direct = FanOut(members, cfg)  # one-model requests
 
     def __serve_build_asgi_app__(self) -> FastAPI:
         return create_api(self, self._token, self._max_body)
@@ -228,9 +227,9 @@ def _as_input_error(exc: BaseException, rows: list[int], batch: bool) -> BaseExc
     if not isinstance(exc, MembersFailed) or not exc.input_errors or len(exc.input_errors) != len(exc.failed):
         return exc
     field, reason = next(iter(exc.input_errors.values()))
-    match = re.fullmatch(r"contexts\[(\d+)\](.*)", field)
-    if match and int(match.group(1)) < len(rows):
-        field = f"series[{rows[int(match.group(1))]}].context" if batch else "context"
+    row = context_row(field)
+    if row is not None and row[0] < len(rows):
+        field = f"series[{rows[row[0]]}].context" if batch else "context"
     return InputError(field, reason)
 
 

@@ -6,10 +6,12 @@ long contexts between replicas) and carry exactly what the next hop needs.
 
 from __future__ import annotations
 
+import re
 from dataclasses import dataclass, field
 
 import numpy as np
 
+from fmtrade.errors import InputError
 from fmtrade.models.base import Forecast
 
 
@@ -24,6 +26,15 @@ class ModelRequest:
     @property
     def rows(self) -> int:
         return len(self.contexts)
+
+    def pieces(self, size: int) -> list[ModelRequest]:
+        """This request cut into requests of at most ``size`` series, in order."""
+        if self.rows <= size:
+            return [self]
+        return [
+            ModelRequest(self.contexts[i : i + size], self.horizon, self.quantile_levels)
+            for i in range(0, self.rows, size)
+        ]
 
 
 @dataclass(frozen=True)
@@ -74,3 +85,17 @@ def unwrap(exc: BaseException) -> BaseException:
     that lacks the original's attributes; the original travels as ``cause``."""
     cause = getattr(exc, "cause", None)
     return cause if isinstance(cause, BaseException) else exc
+
+
+def context_row(field_name: str) -> tuple[int, str] | None:
+    """``(k, rest)`` for a model's ``contexts[k]...`` field name, else None."""
+    match = re.fullmatch(r"contexts\[(\d+)\](.*)", field_name)
+    return (int(match.group(1)), match.group(2)) if match else None
+
+
+def shift_rows(exc: BaseException, offset: int) -> BaseException:
+    """A piece's input error renumbered to the rows of the request it was cut from."""
+    row = context_row(exc.field) if isinstance(exc, InputError) else None
+    if row is None or not offset:
+        return exc
+    return InputError(f"contexts[{row[0] + offset}]{row[1]}", exc.reason)

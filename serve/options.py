@@ -63,7 +63,16 @@ class ModelOptions(Scaling):
     """One model deployment: placement, dynamic batching, adapter multiplexing."""
 
     max_ongoing_requests: int = Field(64, ge=1)
+    # Callers coalesce requests into calls (serve.member_calls), so a model replica's ongoing
+    # requests are calls: about 2 per replica is one computing and one queued behind it.
+    target_ongoing_requests: float = Field(2.0, gt=0)
     max_batch_size: int = Field(32, ge=1, description="Series per batched model call")
+    calls_per_caller: int | None = Field(
+        None,
+        ge=1,
+        description="Calls each caller (ingress/ensemble replica) keeps in flight to this model; requests "
+        "beyond wait and leave together in the next call. Default 2 x max_replicas",
+    )
     batch_wait_timeout_s: float = Field(0.005, ge=0)
     max_adapters_per_replica: int = Field(4, ge=1, description="LoRA adapters kept loaded per replica (LRU)")
     health_check_period_s: float = Field(10.0, gt=0)
@@ -85,6 +94,9 @@ class ModelOptions(Scaling):
 
     def deployment_options(self, name: str) -> dict[str, Any]:
         return {**super().deployment_options(name), "health_check_period_s": self.health_check_period_s}
+
+    def in_flight_per_caller(self) -> int:
+        return self.calls_per_caller or 2 * self.max_replicas
 
 
 class EnsembleOptions(Scaling):

@@ -251,6 +251,41 @@ def test_batch_endpoint(client: httpx.Client, service: dict[str, Any]) -> None:
     assert _detail_loc(response)[:4] == ["body", "series", 1, "context"]
 
 
+def test_batch_larger_than_a_model_batch(client: httpx.Client) -> None:
+    """More series than a model call takes (max_batch_size 16) are split into model calls,
+    and every row keeps its own series."""
+    rng = np.random.default_rng(5)
+    contexts = [(100.0 + rng.normal(0, 1, 64).cumsum()).tolist() for _ in range(40)]
+    body = {"series": [{"context": c} for c in contexts], "horizon": 4, "models": ["naive", BOLT]}
+    response = client.post("/v1/forecast/batch", json=body)
+    assert response.status_code == 200, response.text
+    results = response.json()["results"]
+    assert len(results) == 40 and all(not r["failed"] for r in results)
+    for context, result in zip(contexts, results, strict=True):
+        assert result["last_value"] == pytest.approx(context[-1])
+        assert all(1 <= m["batch_size"] <= 16 for m in result["models"].values())
+
+
+def test_concurrent_requests_keep_their_own_rows(service: dict[str, Any]) -> None:
+    """Concurrent single-series requests share model calls; each answer is its own series'."""
+    import asyncio
+
+    rng = np.random.default_rng(6)
+    contexts = [(50.0 + rng.normal(0, 1, 64).cumsum()).tolist() for _ in range(48)]
+
+    async def post_all() -> list[httpx.Response]:
+        async with httpx.AsyncClient(base_url=service["url"], timeout=120) as http:
+            return await asyncio.gather(
+                *(http.post("/v1/forecast", json={"context": c, "horizon": 3, "models": ["naive"]}) for c in contexts)
+            )
+
+    responses = asyncio.run(post_all())
+    assert all(r.status_code == 200 for r in responses), [r.text for r in responses if r.status_code != 200]
+    for context, response in zip(contexts, responses, strict=True):
+        assert response.json()["last_value"] == pytest.approx(context[-1])
+    assert max(r.json()["models"]["naive"]["batch_size"] for r in responses) > 1
+
+
 def test_multiplexed_adapter_per_symbol(client: httpx.Client, service: dict[str, Any]) -> None:
     models = [BOLT, "random-walk"]
     adapted = client.post("/v1/forecast", json={"symbol": ADAPTED, "horizon": 8, "models": models}).json()

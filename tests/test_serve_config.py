@@ -49,6 +49,11 @@ def test_deployment_options_carry_resources_batching_and_autoscaling() -> None:
     assert options["ray_actor_options"] == {"num_cpus": 0.1, "num_gpus": 0.25}
     assert options["autoscaling_config"]["max_replicas"] == 3
     assert options["max_ongoing_requests"] >= cfg.options_for("naive").max_batch_size
+    # Model replicas see coalesced calls, so their autoscaling target counts calls.
+    assert options["autoscaling_config"]["target_ongoing_requests"] == 2.0
+    assert cfg.options_for("naive").in_flight_per_caller() == 6  # 2 per replica at most
+    pinned = AppConfig.parse({"model_options": {"naive": {"calls_per_caller": 1}}})
+    assert pinned.options_for("naive").in_flight_per_caller() == 1
 
 
 def test_token_from_config_or_environment(monkeypatch: pytest.MonkeyPatch) -> None:

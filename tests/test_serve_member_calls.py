@@ -1,0 +1,112 @@
+"""``MemberSender``'s coalescing rules, against a stand-in for a Ray deployment handle.
+
+The end-to-end behaviour (through real Serve replicas) is in test_serve_api.py; here the
+stand-in records each call so the rules are checked exactly: a lone request leaves at once,
+requests that wait for a slot leave together, calls never mix adapters or exceed the row cap,
+and a late call is cancelled.
+"""
+
+from __future__ import annotations
+
+import asyncio
+from dataclasses import dataclass, field
+from typing import Any
+
+import numpy as np
+
+from serve.member_calls import MemberCall, MemberSender
+from serve.messages import ModelRequest
+
+
+@dataclass
+class _Response:
+    """Awaitable like a DeploymentResponse; answers when the test releases it."""
+
+    requests: list[ModelRequest]
+    adapter: str | None
+    release: asyncio.Event = field(default_factory=asyncio.Event)
+    cancelled: bool = False
+
+    def __await__(self):
+        return self._answer().__await__()
+
+    async def _answer(self) -> list[Any]:
+        await self.release.wait()
+        return [f"{self.adapter}:{float(r.contexts[0][0])}" for r in self.requests]
+
+    def cancel(self) -> None:
+        self.cancelled = True
+
+
+class _Handle:
+    def __init__(self, adapter: str | None = None, calls: list[_Response] | None = None) -> None:
+        self.adapter = adapter
+        self.calls: list[_Response] = [] if calls is None else calls
+        self.forecast = self
+
+    def options(self, multiplexed_model_id: str) -> _Handle:
+        return _Handle(multiplexed_model_id, self.calls)
+
+    def remote(self, requests: list[ModelRequest]) -> _Response:
+        response = _Response(requests, self.adapter)
+        self.calls.append(response)
+        return response
+
+
+def _call(value: float, rows: int = 1, adapter: str | None = None) -> MemberCall:
+    return MemberCall(ModelRequest([np.full(8, value)] * rows, 4, (0.5,)), adapter)
+
+
+async def _settle() -> None:
+    for _ in range(5):
+        await asyncio.sleep(0)
+
+
+def test_waiting_requests_leave_together_per_adapter_within_the_row_cap() -> None:
+    async def scenario() -> None:
+        handle = _Handle()
+        sender = MemberSender(handle, max_rows=4, max_in_flight=1, timeout_s=5.0)  # type: ignore[arg-type]
+        first = asyncio.ensure_future(sender.send(_call(0)))
+        await _settle()
+        assert [len(c.requests) for c in handle.calls] == [1]  # alone: left at once
+        rest = [
+            asyncio.ensure_future(sender.send(_call(v, rows, adapter)))
+            for v, rows, adapter in [(1, 1, None), (2, 2, "A"), (3, 2, None), (4, 1, None), (5, 9, None)]
+        ]
+        await _settle()
+        assert len(handle.calls) == 1  # the only slot is taken: everything waits
+        handle.calls[0].release.set()
+        assert await first == "None:0.0"
+        await _settle()
+        # Oldest first; same adapter only; at most 4 rows (1 + 2 + 1), the rest wait.
+        assert [float(r.contexts[0][0]) for r in handle.calls[1].requests] == [1.0, 3.0, 4.0]
+        for expected in ([2.0], [5.0]):
+            handle.calls[-1].release.set()
+            await _settle()
+            assert [float(r.contexts[0][0]) for r in handle.calls[-1].requests] == expected
+        assert handle.calls[2].adapter == "A"
+        assert handle.calls[3].requests[0].rows == 9  # larger than the cap: travels alone
+        handle.calls[-1].release.set()
+        assert await asyncio.gather(*rest) == ["None:1.0", "A:2.0", "None:3.0", "None:4.0", "None:5.0"]
+
+    asyncio.run(scenario())
+
+
+def test_late_call_is_cancelled_and_abandoned_requests_are_skipped() -> None:
+    async def scenario() -> None:
+        handle = _Handle()
+        sender = MemberSender(handle, max_rows=8, max_in_flight=1, timeout_s=0.05)  # type: ignore[arg-type]
+        late = asyncio.ensure_future(sender.send(_call(0)))
+        await _settle()
+        gave_up = asyncio.ensure_future(sender.send(_call(1)))
+        waiting = asyncio.ensure_future(sender.send(_call(2)))
+        await _settle()
+        gave_up.cancel()  # its caller's own time budget ran out while it waited
+        assert await late == "timed out after 0.05s"
+        assert handle.calls[0].cancelled
+        await _settle()
+        assert [float(r.contexts[0][0]) for r in handle.calls[1].requests] == [2.0]
+        handle.calls[1].release.set()
+        assert await waiting == "None:2.0"
+
+    asyncio.run(scenario())
