@@ -83,12 +83,13 @@ class ModelOptions(Scaling):
 
     @model_validator(mode="after")
     def _queue_holds_a_batch(self) -> ModelOptions:
-        # A replica never holds more than max_ongoing_requests requests, so a smaller value
-        # silently caps every batch below max_batch_size.
+        # Ray Serve's @serve.batch assumes a replica can hold a batch's worth of requests (it warns
+        # otherwise); callers that do not coalesce (a plain handle, one series per call) would
+        # never fill a batch.
         if self.max_ongoing_requests < self.max_batch_size:
             raise ValueError(
                 f"max_ongoing_requests {self.max_ongoing_requests} is below max_batch_size {self.max_batch_size}; "
-                "batches could never fill"
+                "one-series calls could never fill a batch"
             )
         return self
 
