@@ -96,7 +96,7 @@ class ModelDeployment:
                 return shift_rows(result, k * size)
         if len(results) == 1:
             return results[0]
-        parts = [r for r in results if isinstance(r, ModelResult)]
+        parts = [r for r in results if isinstance(r, ModelResult)]  # all of them, by now
         return ModelResult(
             Forecast.concat([r.forecast for r in parts]),
             parts[0].adapter,
@@ -171,8 +171,8 @@ class FanOut:
     one-model request, where a separate ensemble hop would only add a round trip.
     """
 
-    def __init__(self, members: dict[str, DeploymentHandle], cfg: AppConfig) -> None:
-        self.settings = cfg.load_settings()
+    def __init__(self, members: dict[str, DeploymentHandle], cfg: AppConfig, settings: Settings) -> None:
+        self.settings = settings
         self.timeout_s = cfg.ensemble.timeout_s
         self.members = tuple(members)
         self.send = {name: self._sender(handle, cfg.options_for(name)) for name, handle in members.items()}
@@ -225,7 +225,7 @@ class EnsembleDeployment:
 
     def __init__(self, members: dict[str, DeploymentHandle], app_args: dict[str, Any]) -> None:
         cfg = AppConfig.parse(app_args)
-        self.fan_out = FanOut(members, cfg)
+        self.fan_out = FanOut(members, cfg, cfg.load_settings())
 
     async def forecast(self, request: EnsembleRequest) -> EnsembleResult:
         return await self.fan_out.forecast(request)

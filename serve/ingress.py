@@ -44,7 +44,7 @@ class Ingress:
         self._token = cfg.token(self.settings)
         self._max_body = cfg.body_limit(self.settings)
         self._info: dict[str, dict[str, Any]] = {}  # static model facts, fetched once
-        self.direct = FanOut(members, cfg)  # one-model requests
+        self.direct = FanOut(members, cfg, self.settings)  # one-model requests
 
     def __serve_build_asgi_app__(self) -> FastAPI:
         return create_api(self, self._token, self._max_body)
