@@ -15,18 +15,37 @@ from __future__ import annotations
 
 import hmac
 import re
-from typing import Any, Protocol
+from typing import Any, Protocol, TypeVar
 
 from fastapi import FastAPI, Request
 from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse
+from pydantic import BaseModel, ValidationError
+from pydantic.json_schema import models_json_schema
 
 from fmtrade import __version__
 from fmtrade.errors import InputError
 from serve.messages import MembersFailed
-from serve.schemas import BatchRequest, BatchResponse, ForecastRequest, ForecastResponse, ModelInfo, Ready
+from serve.schemas import (
+    BatchRequest,
+    BatchResponse,
+    ForecastRequest,
+    ForecastResponse,
+    InvalidInput,
+    ModelInfo,
+    NoMemberAnswered,
+    Ready,
+)
 
 OPEN_PATHS = frozenset({"/healthz", "/readyz"})
+BODY_MODELS = (ForecastRequest, BatchRequest)
+_Body = TypeVar("_Body", bound=BaseModel)
+FORECAST_ERRORS: dict[int | str, dict[str, Any]] = {
+    404: {"model": InvalidInput, "description": "No bars stored for a requested symbol"},
+    413: {"model": InvalidInput, "description": "Request body over the cap"},
+    422: {"model": InvalidInput, "description": "Invalid input: `loc` names the field"},
+    503: {"model": NoMemberAnswered, "description": "No requested model answered"},
+}
 
 
 class UnknownSeries(InputError):
@@ -51,6 +70,23 @@ def field_loc(field: str) -> list[str | int]:
         loc.append(match.group(1))
         loc.extend(int(i) for i in re.findall(r"\[(\d+)\]", match.group(2)))
     return loc
+
+
+def parse_body(model: type[_Body], body: bytes) -> _Body:
+    """Validate the raw JSON body with pydantic's own parser: one pass in Rust, where FastAPI's
+    default (``json.loads`` into Python floats, then validation) costs ~5x the CPU (0.23 vs
+    0.05 ms for one 512-point context, 8 vs 1.3 ms for 32). Errors keep FastAPI's shape."""
+    try:
+        return model.model_validate_json(body)
+    except ValidationError as exc:
+        errors = [{**error, "loc": ("body", *error["loc"])} for error in exc.errors(include_url=False)]
+        raise RequestValidationError(errors) from None
+
+
+def _json_body(model: type[BaseModel]) -> dict[str, Any]:
+    """The OpenAPI request body of a route that parses ``model`` itself (see :func:`parse_body`)."""
+    schema = {"$ref": f"#/components/schemas/{model.__name__}"}
+    return {"requestBody": {"required": True, "content": {"application/json": {"schema": schema}}}}
 
 
 def _input_error(status: int, field: str, reason: str) -> JSONResponse:
@@ -153,16 +189,28 @@ def create_api(backend: Backend, token: str | None, max_body_bytes: int) -> Fast
     async def _all_failed(_: Request, exc: MembersFailed) -> JSONResponse:
         return JSONResponse({"detail": {"message": "no model answered", "failed": exc.failed}}, 503)
 
-    @api.post("/v1/forecast", response_model=ForecastResponse, tags=["forecast"])
-    async def forecast(body: ForecastRequest) -> dict[str, Any]:
+    @api.post(
+        "/v1/forecast",
+        response_model=ForecastResponse,
+        responses=FORECAST_ERRORS,
+        tags=["forecast"],
+        openapi_extra=_json_body(ForecastRequest),
+    )
+    async def forecast(request: Request) -> dict[str, Any]:
         """Forecast one series (a stored symbol or an explicit context) with every requested model
         and their weighted ensemble."""
-        return await backend.forecast(body)
+        return await backend.forecast(parse_body(ForecastRequest, await request.body()))
 
-    @api.post("/v1/forecast/batch", response_model=BatchResponse, tags=["forecast"])
-    async def forecast_batch(body: BatchRequest) -> dict[str, Any]:
+    @api.post(
+        "/v1/forecast/batch",
+        response_model=BatchResponse,
+        responses=FORECAST_ERRORS,
+        tags=["forecast"],
+        openapi_extra=_json_body(BatchRequest),
+    )
+    async def forecast_batch(request: Request) -> dict[str, Any]:
         """Forecast many series in one request (they share horizon, quantiles and models)."""
-        return await backend.forecast_batch(body)
+        return await backend.forecast_batch(parse_body(BatchRequest, await request.body()))
 
     @api.get("/v1/models", response_model=list[ModelInfo], tags=["models"])
     async def models() -> list[dict[str, Any]]:
@@ -180,5 +228,16 @@ def create_api(backend: Backend, token: str | None, max_body_bytes: int) -> Fast
         state = await backend.ready()
         return JSONResponse(state, 200 if state["ready"] else 503)
 
+    def openapi() -> dict[str, Any]:
+        """FastAPI's document plus the request body schemas of the routes that parse their own body."""
+        if api.openapi_schema is None:
+            doc = FastAPI.openapi(api)
+            _, defs = models_json_schema(
+                [(m, "validation") for m in BODY_MODELS], ref_template="#/components/schemas/{model}"
+            )
+            doc.setdefault("components", {}).setdefault("schemas", {}).update(defs["$defs"])
+        return api.openapi_schema
+
+    api.openapi = openapi  # type: ignore[method-assign]
     api.add_middleware(Guard, token=token, max_body_bytes=max_body_bytes)
     return api

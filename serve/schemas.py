@@ -110,3 +110,26 @@ class ModelInfo(BaseModel):
 class Ready(BaseModel):
     ready: bool
     models: dict[str, str]
+
+
+class FieldError(BaseModel):
+    loc: list[str | int] = Field(description='Where: "body", then the path of the field')
+    msg: str = Field(description="Why it was refused")
+    type: str
+
+
+class InvalidInput(BaseModel):
+    """422 (invalid field), 404 (no bars stored for a symbol), 413 (body over the cap)."""
+
+    detail: list[FieldError]
+
+
+class MembersFailedDetail(BaseModel):
+    message: str
+    failed: dict[str, str] = Field(description="Each model's reason")
+
+
+class NoMemberAnswered(BaseModel):
+    """503: every requested model failed or timed out."""
+
+    detail: MembersFailedDetail

@@ -310,7 +310,11 @@ def test_models_listing(client: httpx.Client) -> None:
     assert listed[BOLT]["family"] == "chronos-bolt" and listed["naive"]["family"] == "baseline"
     assert all(m["device"] == "cpu" and m["replicas"] >= 1 for m in listed.values())
     assert listed[BOLT]["max_batch_size"] == 16
-    assert client.get("/openapi.json").json()["info"]["title"] == "fmtrade forecast API"
+    doc = client.get("/openapi.json").json()
+    assert doc["info"]["title"] == "fmtrade forecast API"
+    body = doc["paths"]["/v1/forecast"]["post"]["requestBody"]["content"]["application/json"]["schema"]
+    assert body == {"$ref": "#/components/schemas/ForecastRequest"}
+    assert "ForecastRequest" in doc["components"]["schemas"]
 
 
 def test_bearer_token_auth(client: httpx.Client, service: dict[str, Any]) -> None:
