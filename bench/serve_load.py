@@ -24,11 +24,15 @@ does not inflate CPU time the way it inflates wall time), of the load generator,
 and of the whole machine. When the machine is saturated, throughput is at most
 cores / machine CPU per request: the printed ceiling tells which work bounds it.
 
+``--series N`` sends N explicit contexts per request through ``/v1/forecast/batch``: the
+serving path's per-request cost is then shared by N forecasts, and served/direct compares
+forecasts/s at the batch the model formed.
+
 ``--direct-ingress`` turns on Ray Serve's direct ingress (alpha in Ray 2.60): the
 ingress replica serves HTTP on its own port and the clients skip the Serve proxy.
 
     .venv/bin/python bench/serve_load.py [--model chronos-bolt-fm-tiny] [--clients 1,16,64]
-        [--size tiny|small] [--duration 10] [--max-batch 64] [--direct-ingress] [--json]
+        [--size tiny|small] [--duration 10] [--max-batch 64] [--series 1] [--direct-ingress] [--json]
 """
 
 from __future__ import annotations
@@ -63,8 +67,19 @@ def contexts(count: int, length: int) -> list[list[float]]:
     return [closes[s : s + length].tolist() for s in starts]
 
 
-async def drive(url: str, clients: int, duration: float, pool: list[list[float]], model: str) -> dict[str, Any]:
-    """``clients`` concurrent closed-loop clients for ``duration`` seconds."""
+def request_body(pool: list[list[float]], k: int, series: int, model: str) -> tuple[str, dict[str, Any]]:
+    """Route and body of request ``k``: one explicit context, or ``series`` of them in one batch request."""
+    options = {"horizon": HORIZON, "quantiles": LEVELS, "models": [model]}
+    if series == 1:
+        return "/v1/forecast", {"context": pool[k % len(pool)], **options}
+    rows = [{"context": pool[(k * series + j) % len(pool)]} for j in range(series)]
+    return "/v1/forecast/batch", {"series": rows, **options}
+
+
+async def drive(
+    url: str, clients: int, duration: float, pool: list[list[float]], model: str, series: int = 1
+) -> dict[str, Any]:
+    """``clients`` concurrent closed-loop clients for ``duration`` seconds, ``series`` series per request."""
     import aiohttp
 
     latencies: list[float] = []
@@ -76,17 +91,18 @@ async def drive(url: str, clients: int, duration: float, pool: list[list[float]]
         nonlocal errors
         k = i
         while time.perf_counter() < stop:
-            body = {"context": pool[k % len(pool)], "horizon": HORIZON, "quantiles": LEVELS, "models": [model]}
+            route, body = request_body(pool, k, series, model)
             k += clients
             began = time.perf_counter()
-            async with http.post(f"{url}/v1/forecast", json=body) as response:
+            async with http.post(f"{url}{route}", json=body) as response:
                 if response.status != 200:
                     errors += 1
                     await response.read()
                     continue
                 doc = await response.json()
             latencies.append(time.perf_counter() - began)
-            batch_sizes.append(doc["models"][model]["batch_size"])
+            first = doc["results"][0] if series > 1 else doc
+            batch_sizes.append(first["models"][model]["batch_size"])
 
     timeout = aiohttp.ClientTimeout(total=120)
     async with aiohttp.ClientSession(connector=aiohttp.TCPConnector(limit=clients), timeout=timeout) as http:
@@ -99,6 +115,7 @@ async def drive(url: str, clients: int, duration: float, pool: list[list[float]]
         "requests": len(latencies),
         "errors": errors,
         "rps": len(latencies) / elapsed,
+        "forecasts_per_s": len(latencies) * series / elapsed,
         "p50_ms": float(np.percentile(ms, 50)) if ms.size else None,
         "p95_ms": float(np.percentile(ms, 95)) if ms.size else None,
         "p99_ms": float(np.percentile(ms, 99)) if ms.size else None,
@@ -147,14 +164,16 @@ def busy_cpu_s() -> float:
     return sum(times) - times.idle - getattr(times, "iowait", 0.0)
 
 
-def served(url: str, app: str, clients: int, duration: float, pool: list[list[float]], model: str) -> dict[str, Any]:
+def served(
+    url: str, app: str, clients: int, duration: float, pool: list[list[float]], model: str, series: int
+) -> dict[str, Any]:
     """One load run plus the CPU it cost per request: by Serve process role, the load generator,
     and the whole machine (which also counts Ray's own daemons)."""
     import psutil
 
     me = psutil.Process()
     before, client_before, machine_before = server_cpu_s(app), me.cpu_times(), busy_cpu_s()
-    run = asyncio.run(drive(url, clients, duration, pool, model))
+    run = asyncio.run(drive(url, clients, duration, pool, model, series))
     after, client_after, machine_after = server_cpu_s(app), me.cpu_times(), busy_cpu_s()
     if not run["requests"]:
         raise RuntimeError(f"{url}: no request succeeded ({run['errors']} errors)")
@@ -214,6 +233,9 @@ def main() -> None:
         action="store_true",
         help="clients call the ingress replica's own HTTP port, skipping the Serve proxy",
     )
+    parser.add_argument(
+        "--series", type=int, default=1, help="series per request (above 1: /v1/forecast/batch requests)"
+    )
     parser.add_argument("--repeats", type=int, default=3, help="on/off pairs per client count (median reported)")
     parser.add_argument("--json", action="store_true")
     args = parser.parse_args()
@@ -262,8 +284,8 @@ def main() -> None:
     else:
         start_local_ray()
     results: dict[str, Any] = {"model": args.model, "size": args.size, "context": args.context, "horizon": HORIZON,
-                               "ray_defaults": args.ray_defaults, "direct_ingress": args.direct_ingress,
-                               "runs": []}  # fmt: skip
+                               "series_per_request": args.series, "ray_defaults": args.ray_defaults,
+                               "direct_ingress": args.direct_ingress, "runs": []}  # fmt: skip
     try:
         serve.start(http_options={"host": "127.0.0.1", "port": port})
         serve.run(build_app(app_args(args.max_batch)), name="on", route_prefix="/on", blocking=False)
@@ -274,7 +296,7 @@ def main() -> None:
         for clients in levels:
             for repeat in range(args.repeats):  # on and off alternate, so drifting load hits both alike
                 for mode in ("on", "off"):
-                    run = served(urls[mode], mode, clients, args.duration, pool, args.model)
+                    run = served(urls[mode], mode, clients, args.duration, pool, args.model, args.series)
                     run.update(batching=mode, repeat=repeat)
                     results["runs"].append(run)
                     print(f"{mode:>3} clients={clients:>3} rps={run['rps']:8.1f} p50={run['p50_ms']:.1f}ms "
@@ -298,14 +320,14 @@ def main() -> None:
         batching_ratios={str(c): r for c, r in ratios.items()},
         direct_before={str(b): r for b, r in direct_before.items()},
         direct_same_batch={"batch": same_batch, "before": direct_before[same_batch], "after": direct_after},
-        served_over_direct=on_top["rps"] / direct,
+        served_over_direct=on_top["forecasts_per_s"] / direct,
         overhead_ms_per_request=single["p50_ms"] - 1000.0 / direct_before[1],
     )
     if args.json:
         print(json.dumps(results, indent=2))
         return
     print(f"\nmodel {args.model} ({args.size} zoo checkpoint), context {args.context}, horizon {HORIZON}, "
-          f"{args.duration:g}s per run, "
+          f"{args.duration:g}s per run, {args.series} series per request, "
           f"{'Ray Serve defaults' if args.ray_defaults else 'serve.runner.FAST_PATH_ENV'}"
           f"{', direct ingress' if args.direct_ingress else ''}")  # fmt: skip
     print(
@@ -333,7 +355,7 @@ def main() -> None:
     )
     print(f"direct at batch {same_batch} (mean served batch {on_top['mean_batch']:.1f}): "
           f"{direct_before[same_batch]:.1f} before / {direct_after:.1f} after serving; "
-          f"served at {top} clients {on_top['rps']:.1f} req/s "
+          f"served at {top} clients {on_top['forecasts_per_s']:.1f} forecasts/s "
           f"-> served / direct = {results['served_over_direct']:.2f}")  # fmt: skip
     print(
         f"direct batch 1: {1000.0 / direct_before[1]:.1f} ms/call; served p50 at {min(levels)} client(s) "
