@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import hmac
 import re
+from collections.abc import Awaitable, Callable
 from typing import Any, Protocol, TypeVar
 
 from fastapi import FastAPI, Request
@@ -87,6 +88,33 @@ def _json_body(model: type[BaseModel]) -> dict[str, Any]:
     """The OpenAPI request body of a route that parses ``model`` itself (see :func:`parse_body`)."""
     schema = {"$ref": f"#/components/schemas/{model.__name__}"}
     return {"requestBody": {"required": True, "content": {"application/json": {"schema": schema}}}}
+
+
+def _forecast_route(
+    api: FastAPI,
+    path: str,
+    body: type[_Body],
+    response: type[BaseModel],
+    answer: Callable[[_Body], Awaitable[dict[str, Any]]],
+    description: str,
+) -> None:
+    """A POST route that parses its own JSON ``body`` (:func:`parse_body`) and documents it."""
+
+    async def endpoint(request: Request) -> dict[str, Any]:
+        return await answer(parse_body(body, await request.body()))
+
+    name = path.removeprefix("/v1/").replace("/", "_")  # forecast, forecast_batch: the operation ids
+    api.add_api_route(
+        path,
+        endpoint,
+        methods=["POST"],
+        name=name,
+        description=description,
+        response_model=response,
+        responses=FORECAST_ERRORS,
+        tags=["forecast"],
+        openapi_extra=_json_body(body),
+    )
 
 
 def _input_error(status: int, field: str, reason: str) -> JSONResponse:
@@ -189,28 +217,23 @@ def create_api(backend: Backend, token: str | None, max_body_bytes: int) -> Fast
     async def _all_failed(_: Request, exc: MembersFailed) -> JSONResponse:
         return JSONResponse({"detail": {"message": "no model answered", "failed": exc.failed}}, 503)
 
-    @api.post(
+    _forecast_route(
+        api,
         "/v1/forecast",
-        response_model=ForecastResponse,
-        responses=FORECAST_ERRORS,
-        tags=["forecast"],
-        openapi_extra=_json_body(ForecastRequest),
+        ForecastRequest,
+        ForecastResponse,
+        backend.forecast,
+        "Forecast one series (a stored symbol or an explicit context) with every requested model "
+        "and their weighted ensemble.",
     )
-    async def forecast(request: Request) -> dict[str, Any]:
-        """Forecast one series (a stored symbol or an explicit context) with every requested model
-        and their weighted ensemble."""
-        return await backend.forecast(parse_body(ForecastRequest, await request.body()))
-
-    @api.post(
+    _forecast_route(
+        api,
         "/v1/forecast/batch",
-        response_model=BatchResponse,
-        responses=FORECAST_ERRORS,
-        tags=["forecast"],
-        openapi_extra=_json_body(BatchRequest),
+        BatchRequest,
+        BatchResponse,
+        backend.forecast_batch,
+        "Forecast many series in one request (they share horizon, quantiles and models).",
     )
-    async def forecast_batch(request: Request) -> dict[str, Any]:
-        """Forecast many series in one request (they share horizon, quantiles and models)."""
-        return await backend.forecast_batch(parse_body(BatchRequest, await request.body()))
 
     @api.get("/v1/models", response_model=list[ModelInfo], tags=["models"])
     async def models() -> list[dict[str, Any]]:

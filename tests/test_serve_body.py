@@ -43,9 +43,21 @@ def test_errors_name_the_field_under_body() -> None:
 class _NoBackend:
     """Building the OpenAPI document never calls the backend."""
 
+    async def forecast(self, request: ForecastRequest) -> dict[str, Any]:
+        raise AssertionError("not called")
+
+    async def forecast_batch(self, request: BatchRequest) -> dict[str, Any]:
+        raise AssertionError("not called")
+
+    async def models(self) -> list[dict[str, Any]]:
+        raise AssertionError("not called")
+
+    async def ready(self) -> dict[str, Any]:
+        raise AssertionError("not called")
+
 
 def test_openapi_documents_bodies_and_errors() -> None:
-    doc = create_api(_NoBackend(), None, 1024).openapi()  # type: ignore[arg-type]
+    doc = create_api(_NoBackend(), None, 1024).openapi()
     validate(doc)
     schemas = doc["components"]["schemas"]
     for path, model in (("/v1/forecast", ForecastRequest), ("/v1/forecast/batch", BatchRequest)):
