@@ -9,6 +9,7 @@ with that text, so the CLI prints one line and exits 2.
 
 from __future__ import annotations
 
+import math
 import os
 from collections.abc import Sequence
 from typing import Any
@@ -64,17 +65,65 @@ def forecast_remote(
     """
     if (symbol is None) == (context is None):
         raise InputError("symbol", "give exactly one of symbol or context")
-    body: dict[str, Any] = {"horizon": horizon}
-    if symbol is not None:
-        body["symbol"] = symbol
-    if context is not None:
-        body["context"] = [float(x) for x in context]
+    body = _options(category, interval, horizon, quantiles, models, context_length)
+    body.update(_series(symbol, "symbol") if symbol is not None else _series(context or [], "context"))
+    return _post(url, "/v1/forecast", body, token, timeout_s, client)
+
+
+def forecast_batch_remote(
+    url: str,
+    series: Sequence[str | Sequence[float]],
+    *,
+    category: str | None = None,
+    interval: str | None = None,
+    horizon: int = 24,
+    quantiles: Sequence[float] | None = None,
+    models: Sequence[str] | None = None,
+    context_length: int | None = None,
+    token: str | None = None,
+    timeout_s: float = 120.0,
+    client: httpx.Client | None = None,
+) -> list[dict[str, Any]]:
+    """POST ``/v1/forecast/batch``: one forecast document per item of ``series`` (a stored symbol
+    or an explicit context), in order. Many series in one request share the service's per-request
+    cost, which on a small machine is most of the cost of a small model's forecast."""
+    if not series:
+        raise InputError("series", "give at least one symbol or context")
+    body = _options(category, interval, horizon, quantiles, models, context_length)
+    body["series"] = [_series(item, f"series[{i}].context") for i, item in enumerate(series)]
+    return _post(url, "/v1/forecast/batch", body, token, timeout_s, client)["results"]
+
+
+def _series(item: str | Sequence[float], field: str) -> dict[str, Any]:
+    """The body of one series; a context must be finite here already, since JSON cannot carry NaN."""
+    if isinstance(item, str):
+        return {"symbol": item}
+    values = [float(x) for x in item]
+    bad = next((i for i, v in enumerate(values) if not math.isfinite(v)), None)
+    if bad is not None:
+        raise InputError(f"{field}[{bad}]", f"must be a finite number, got {values[bad]}")
+    return {"context": values}
+
+
+def _options(
+    category: str | None,
+    interval: str | None,
+    horizon: int,
+    quantiles: Sequence[float] | None,
+    models: Sequence[str] | None,
+    context_length: int | None,
+) -> dict[str, Any]:
     optional = {"category": category, "interval": interval, "models": list(models) if models else None,
-                "quantiles": list(quantiles) if quantiles else None, "context_length": context_length}
-    body.update({k: v for k, v in optional.items() if v is not None})
+                "quantiles": list(quantiles) if quantiles else None, "context_length": context_length}  # fmt: skip
+    return {"horizon": horizon, **{k: v for k, v in optional.items() if v is not None}}
+
+
+def _post(
+    url: str, route: str, body: dict[str, Any], token: str | None, timeout_s: float, client: httpx.Client | None
+) -> dict[str, Any]:
     token = token or os.environ.get("FMTRADE_API_TOKEN")
     headers = {"Authorization": f"Bearer {token}"} if token else {}
-    endpoint = url.rstrip("/") + "/v1/forecast"
+    endpoint = url.rstrip("/") + route
     try:
         if client is not None:
             response = client.post(endpoint, json=body, headers=headers, timeout=timeout_s)

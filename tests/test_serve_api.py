@@ -20,10 +20,11 @@ import pytest
 import yaml
 from peft import LoraConfig, get_peft_model
 
-from fmtrade.client import RemoteError, forecast_remote
+from fmtrade.client import RemoteError, forecast_batch_remote, forecast_remote
 from fmtrade.config import load_settings
 from fmtrade.data.store import Store
 from fmtrade.data.synthetic import SyntheticSpec, synthesize
+from fmtrade.errors import InputError
 from fmtrade.models.chronos import ChronosBoltForecaster
 from fmtrade.models.registry import active_specs, build_forecaster, select_specs
 from fmtrade.models.zoo import build_zoo
@@ -344,3 +345,14 @@ def test_python_client(service: dict[str, Any]) -> None:
         forecast_remote(f"{url}/secure", PLAIN)
     secured = forecast_remote(f"{url}/secure", PLAIN, horizon=3, token=TOKEN)
     assert list(secured["models"]) == ["random-walk"]
+    context = _closes(service["store"], PLAIN, 100)
+    docs = forecast_batch_remote(url, [PLAIN, context], horizon=4, models=["random-walk"])
+    assert [d["symbol"] for d in docs] == [PLAIN, None] and all(len(d["ensemble"]["mean"]) == 4 for d in docs)
+    assert docs[0]["timestamps"] and docs[1]["timestamps"] is None
+    assert docs[1]["last_value"] == pytest.approx(context[-1])
+    with pytest.raises(RemoteError, match=r"\(404\): series\.1\.symbol: no .* bars stored for NOSUCHUSDT"):
+        forecast_batch_remote(url, [PLAIN, "NOSUCHUSDT"], models=["random-walk"])
+    with pytest.raises(InputError, match=r"series\[1\]\.context\[2\]: must be a finite number, got inf"):
+        forecast_batch_remote(url, [PLAIN, [1.0, 2.0, math.inf]])  # JSON cannot carry it: refused before sending
+    with pytest.raises(InputError, match=r"context\[0\]: must be a finite number, got nan"):
+        forecast_remote(url, context=[math.nan, 1.0])
