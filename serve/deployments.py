@@ -25,6 +25,7 @@ from fmtrade.errors import InputError
 from fmtrade.models.base import Forecast, Forecaster
 from fmtrade.models.registry import ModelSpec, active_specs, build_forecaster, select_specs
 from fmtrade.models.zoo import adapter_dir
+from serve.handles import rebind_all
 from serve.member_calls import MemberCall, MemberSender, Outcome
 from serve.messages import (
     EnsembleRequest,
@@ -225,7 +226,7 @@ class EnsembleDeployment:
 
     def __init__(self, members: dict[str, DeploymentHandle], app_args: dict[str, Any]) -> None:
         cfg = AppConfig.parse(app_args)
-        self.fan_out = FanOut(members, cfg, cfg.load_settings())
+        self.fan_out = FanOut(rebind_all(members), cfg, cfg.load_settings())
 
     async def forecast(self, request: EnsembleRequest) -> EnsembleResult:
         return await self.fan_out.forecast(request)

@@ -22,6 +22,7 @@ from fmtrade.forecasting import future_timestamps, load_closes, quantile_dict
 from fmtrade.models.base import check_quantile_levels
 from serve.api import UnknownSeries, create_api
 from serve.deployments import FanOut
+from serve.handles import rebind, rebind_all
 from serve.messages import EnsembleRequest, EnsembleResult, MembersFailed, context_row, unwrap
 from serve.options import AppConfig
 from serve.schemas import BatchRequest, ForecastRequest, Options, Series
@@ -38,13 +39,13 @@ class Ingress:
         cfg = AppConfig.parse(app_args)
         self.settings = cfg.load_settings()
         self.limits = cfg.limits
-        self.ensemble = ensemble
-        self.members = members
+        self.ensemble = rebind(ensemble)
+        self.members = rebind_all(members)
         self.store = Store(self.settings.store_uri())
         self._token = cfg.token(self.settings)
         self._max_body = cfg.body_limit(self.settings)
         self._info: dict[str, dict[str, Any]] = {}  # static model facts, fetched once
-        self.direct = FanOut(members, cfg, self.settings)  # one-model requests
+        self.direct = FanOut(self.members, cfg, self.settings)  # one-model requests
 
     def __serve_build_asgi_app__(self) -> FastAPI:
         return create_api(self, self._token, self._max_body)

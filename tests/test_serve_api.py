@@ -356,3 +356,43 @@ def test_python_client(service: dict[str, Any]) -> None:
         forecast_batch_remote(url, [PLAIN, [1.0, 2.0, math.inf]])  # JSON cannot carry it: refused before sending
     with pytest.raises(InputError, match=r"context\[0\]: must be a finite number, got nan"):
         forecast_remote(url, context=[math.nan, 1.0])
+
+
+@serve.deployment(ray_actor_options={"num_cpus": 0.05})
+class _Echo:
+    def __call__(self, value: int) -> int:
+        return value
+
+
+@serve.deployment(ray_actor_options={"num_cpus": 0.05})
+class _Caller:
+    """Reports the transport of the handle it was given and of the one :func:`rebind` made."""
+
+    def __init__(self, target: Any) -> None:
+        from serve.handles import rebind
+
+        self.given, self.rebound = target, rebind(target)
+
+    async def __call__(self) -> dict[str, Any]:
+        import os
+
+        return {
+            "replica_grpc": os.environ.get("RAY_SERVE_USE_GRPC_BY_DEFAULT"),
+            "given_by_reference": self.given.handle_options._by_reference,
+            "rebound_by_reference": self.rebound.handle_options._by_reference,
+            "answer": await self.rebound.remote(7),
+        }
+
+
+def test_handles_follow_the_replicas_transport(service: dict[str, Any]) -> None:
+    """This driver imported Ray Serve before the fast-path settings were set, so the handle it
+    pickles into a deployment says "actor call"; remade in the replica it says gRPC, as the
+    replicas (started with serve.runner.FAST_PATH_ENV) serve it."""
+    serve.run(_Caller.bind(_Echo.bind()), name="transport", route_prefix=None)
+    try:
+        report = serve.get_app_handle("transport").remote().result(timeout_s=60)
+    finally:
+        serve.delete("transport")
+    assert report["replica_grpc"] == "1"
+    assert report["rebound_by_reference"] is False and report["answer"] == 7
+    assert report["given_by_reference"] is True  # Ray's behaviour that rebind() exists for
