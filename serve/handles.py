@@ -5,8 +5,9 @@ application (the ``fmtrade serve up`` driver, Ray's app builder) and keeps that 
 default transport. A driver that imported Ray Serve before ``RAY_SERVE_USE_GRPC_BY_DEFAULT=1``
 was set (``serve.runner.start_local_ray`` sets it when it starts Ray) hands out handles that
 send every call as a Ray actor call, although every replica serves gRPC: measured on the
-2-core VM, 10-20% more server CPU per request (docs/BENCHMARKS.md). A handle made in the
-replica follows the replica's own Serve settings, which are the cluster's.
+2-core VM, ~20% more machine CPU per request with batching on, ~40% with it off
+(docs/BENCHMARKS.md). A handle made in the replica follows the replica's own Serve settings,
+which are the cluster's.
 """
 
 from __future__ import annotations
