@@ -385,14 +385,15 @@ class _Caller:
 
 
 def test_handles_follow_the_replicas_transport(service: dict[str, Any]) -> None:
-    """This driver imported Ray Serve before the fast-path settings were set, so the handle it
-    pickles into a deployment says "actor call"; remade in the replica it says gRPC, as the
-    replicas (started with serve.runner.FAST_PATH_ENV) serve it."""
+    """A handle pickled into a deployment keeps the transport default of the driver that made it
+    (this one imported Ray Serve before the fast-path settings were set: actor calls); remade in
+    the replica it uses gRPC, as the replicas (started with serve.runner.FAST_PATH_ENV) serve it."""
     serve.run(_Caller.bind(_Echo.bind()), name="transport", route_prefix=None)
     try:
-        report = serve.get_app_handle("transport").remote().result(timeout_s=60)
+        app = serve.get_app_handle("transport")  # made here: the driver's default
+        report = app.remote().result(timeout_s=60)
     finally:
         serve.delete("transport")
     assert report["replica_grpc"] == "1"
     assert report["rebound_by_reference"] is False and report["answer"] == 7
-    assert report["given_by_reference"] is True  # Ray's behaviour that rebind() exists for
+    assert report["given_by_reference"] is app.handle_options._by_reference  # Ray's behaviour rebind() is for
