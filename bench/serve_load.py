@@ -238,7 +238,7 @@ def main() -> None:
     parser.add_argument("--context", type=int, default=512)
     parser.add_argument("--num-cpus", type=float, default=0.5, help="CPU share of each model replica")
     parser.add_argument(
-        "--ray-defaults", action="store_true", help="Ray Serve's stock settings instead of serve.runner.FAST_PATH_ENV"
+        "--ray-defaults", action="store_true", help="Ray Serve's stock settings, not serve.fast_path.FAST_PATH_ENV"
     )
     parser.add_argument(
         "--direct-ingress",
@@ -341,7 +341,7 @@ def main() -> None:
         return
     print(f"\nmodel {args.model} ({args.size} zoo checkpoint), context {args.context}, horizon {HORIZON}, "
           f"{args.duration:g}s per run, {args.series} series per request, "
-          f"{'Ray Serve defaults' if args.ray_defaults else 'serve.runner.FAST_PATH_ENV'}"
+          f"{'Ray Serve defaults' if args.ray_defaults else 'serve.fast_path.FAST_PATH_ENV'}"
           f"{', direct ingress' if args.direct_ingress else ''}")  # fmt: skip
     print(
         "| clients | batching on req/s | p50 / p95 / p99 ms | mean batch | batching off req/s | p50 / p95 / p99 ms "

@@ -2,8 +2,9 @@
 
 ``serve/config.yaml`` is the single description of the Serve application; the RayService
 embeds it verbatim as ``serveConfigV2`` (only the proxy host is widened to 0.0.0.0 so the
-Kubernetes Service reaches it). The RayJob runs the backtest job exactly as
-``ray job submit`` would. Regenerate after editing serve/config.yaml::
+Kubernetes Service reaches it) and runs its pods with Ray Serve's throughput settings
+(``serve.fast_path.FAST_PATH_ENV``, as ``fmtrade serve up`` does). The RayJob runs the
+backtest job exactly as ``ray job submit`` would. Regenerate after editing serve/config.yaml::
 
     python -m cluster.kuberay        # writes cluster/kuberay/*.yaml
 
@@ -19,6 +20,7 @@ from typing import Any
 import yaml
 
 from fmtrade.io import write_text_atomic
+from serve.fast_path import FAST_PATH_ENV
 
 ROOT = Path(__file__).resolve().parents[1]
 SERVE_CONFIG = ROOT / "serve" / "config.yaml"
@@ -27,7 +29,9 @@ IMAGE = "ghcr.io/fmtrade/fmtrade:0.1.0"  # built from this repository: rayprojec
 RAY_VERSION = "2.60.0"
 
 
-def _container(name: str, resources: dict[str, str], ports: list[dict[str, Any]] | None = None) -> dict[str, Any]:
+def _container(
+    name: str, resources: dict[str, str], env: dict[str, str], ports: list[dict[str, Any]] | None = None
+) -> dict[str, Any]:
     container: dict[str, Any] = {
         "name": name,
         "image": IMAGE,
@@ -35,6 +39,7 @@ def _container(name: str, resources: dict[str, str], ports: list[dict[str, Any]]
         "env": [
             {"name": "FMTRADE_STORE", "value": "s3://fmtrade-data/store"},
             {"name": "FMTRADE_API_TOKEN", "valueFrom": {"secretKeyRef": {"name": "fmtrade", "key": "api-token"}}},
+            *({"name": key, "value": value} for key, value in env.items()),
         ],
     }
     if ports:
@@ -42,25 +47,26 @@ def _container(name: str, resources: dict[str, str], ports: list[dict[str, Any]]
     return container
 
 
-def _cluster_spec(gpu_workers: int) -> dict[str, Any]:
-    head_ports = [{"containerPort": 6379, "name": "gcs"}, {"containerPort": 8265, "name": "dashboard"},
-                  {"containerPort": 8000, "name": "serve"}]  # fmt: skip
+def _cluster_spec(gpu_workers: int, env: dict[str, str]) -> dict[str, Any]:
+    """Head plus CPU (and GPU) worker groups; ``env`` is added to every Ray container."""
+    ports = [{"containerPort": 6379, "name": "gcs"}, {"containerPort": 8265, "name": "dashboard"},
+             {"containerPort": 8000, "name": "serve"}]  # fmt: skip
     groups = [
         {"groupName": "cpu", "replicas": 1, "minReplicas": 1, "maxReplicas": 6, "rayStartParams": {},
-         "template": {"spec": {"containers": [_container("ray-worker", {"cpu": "8", "memory": "16Gi"})]}}},
+         "template": {"spec": {"containers": [_container("ray-worker", {"cpu": "8", "memory": "16Gi"}, env)]}}},
     ]  # fmt: skip
     if gpu_workers:
         gpu = {"cpu": "4", "memory": "16Gi", "nvidia.com/gpu": "1"}
         groups.append(
             {"groupName": "gpu", "replicas": 0, "minReplicas": 0, "maxReplicas": gpu_workers, "rayStartParams": {},
-             "template": {"spec": {"containers": [_container("ray-worker", gpu)]}}}
+             "template": {"spec": {"containers": [_container("ray-worker", gpu, env)]}}}
         )  # fmt: skip
     return {
         "rayVersion": RAY_VERSION,
         "enableInTreeAutoscaling": True,
         "headGroupSpec": {
             "rayStartParams": {"dashboard-host": "0.0.0.0", "num-cpus": "0"},
-            "template": {"spec": {"containers": [_container("ray-head", {"cpu": "2", "memory": "8Gi"}, head_ports)]}},
+            "template": {"spec": {"containers": [_container("ray-head", {"cpu": "2", "memory": "8Gi"}, env, ports)]}},
         },
         "workerGroupSpecs": groups,
     }
@@ -78,14 +84,17 @@ def rayservice() -> dict[str, Any]:
         "apiVersion": "ray.io/v1",
         "kind": "RayService",
         "metadata": {"name": "fmtrade"},
-        "spec": {"serveConfigV2": serve_config_v2(), "rayClusterConfig": _cluster_spec(gpu_workers=2)},
+        "spec": {
+            "serveConfigV2": serve_config_v2(),
+            "rayClusterConfig": _cluster_spec(gpu_workers=2, env=FAST_PATH_ENV),
+        },
     }
 
 
 def rayjob_backtest() -> dict[str, Any]:
     entrypoint = ("python -m jobs.backtest --symbols BTCUSDT,ETHUSDT,SOLUSDT --start 2023-01-01 --end 2023-12-31 "
                   "--out /data/runs/backtest-2023 --json")  # fmt: skip
-    spec = _cluster_spec(gpu_workers=0)
+    spec = _cluster_spec(gpu_workers=0, env={})
     # The driver runs on the head: the run directory goes to a persistent volume mounted there.
     head = spec["headGroupSpec"]["template"]["spec"]
     head["containers"][0]["volumeMounts"] = [{"name": "runs", "mountPath": "/data/runs"}]

@@ -29,6 +29,7 @@ import httpx
 import psutil
 
 from fmtrade.errors import FmtradeError
+from serve.fast_path import FAST_PATH_ENV
 
 WORKER_RESOURCE = "fmtrade_worker"
 
@@ -38,8 +39,9 @@ class ClusterError(FmtradeError):
 
 
 def ray_env() -> dict[str, str]:
-    """Environment for every node and client of the local cluster (token auth on, token on disk)."""
-    env = dict(os.environ)
+    """Environment for every node and client of the local cluster (token auth on, token on disk,
+    Ray Serve's throughput settings unless already set)."""
+    env = {**FAST_PATH_ENV, **os.environ}
     env["RAY_AUTH_MODE"] = "token"
     env.pop("RAY_ADDRESS", None)
     # Job entrypoints run `python ...` on the nodes: make it this environment's interpreter.

@@ -35,21 +35,9 @@ from fmtrade.errors import ConfigError, FmtradeError
 from fmtrade.io import write_json_atomic
 from jobs.ray_runtime import init_ray
 from serve.app import build_app
+from serve.fast_path import FAST_PATH_ENV
 
 PACKAGED_CONFIG = Path(__file__).with_name("config.yaml")
-
-#: Ray Serve's own throughput settings (those ``RAY_SERVE_THROUGHPUT_OPTIMIZED=1`` turns on, minus
-#: direct ingress, which opens an extra HTTP port on every replica): gRPC between replicas, user
-#: code and router on the replica's event loop, buffered request logs. Measured on the 2-core VM
-#: (docs/BENCHMARKS.md): server CPU per request ~25% lower (one-model requests 11.1/12.7 -> 8.5/9.3
-#: ms in two A/B pairs). Applied to the Ray this module starts; set them in a cluster's environment.
-FAST_PATH_ENV = {
-    "RAY_SERVE_USE_GRPC_BY_DEFAULT": "1",
-    "RAY_SERVE_RUN_USER_CODE_IN_SEPARATE_THREAD": "0",
-    "RAY_SERVE_RUN_ROUTER_IN_SEPARATE_LOOP": "0",
-    "RAY_SERVE_REQUEST_PATH_LOG_BUFFER_SIZE": "1000",
-    "RAY_SERVE_LOG_TO_STDERR": "0",
-}
 
 
 def start_local_ray(num_cpus: int | None = None) -> None:

@@ -11,6 +11,7 @@ import yaml
 from ray.serve.schema import ServeDeploySchema
 
 from cluster import kuberay
+from serve.fast_path import FAST_PATH_ENV
 from serve.options import AppConfig
 
 REPO = Path(__file__).resolve().parents[1]
@@ -46,3 +47,20 @@ def test_rayjob_runs_the_backtest_module() -> None:
     assert manifest["kind"] == "RayJob"
     assert manifest["spec"]["entrypoint"].startswith("python -m jobs.backtest ")
     assert manifest["spec"]["rayClusterSpec"]["rayVersion"] == ray.__version__
+
+
+def test_serve_nodes_run_with_the_fast_path_settings() -> None:
+    """Ray reads Serve's settings when its processes start: every node of the RayService and of
+    the launcher config starts Ray with them (as `fmtrade serve up` does)."""
+    manifest = yaml.safe_load((REPO / "cluster" / "kuberay" / "rayservice.yaml").read_text())
+    spec = manifest["spec"]["rayClusterConfig"]
+    groups = [spec["headGroupSpec"], *spec["workerGroupSpecs"]]
+    for group in groups:
+        (container,) = group["template"]["spec"]["containers"]
+        env = {item["name"]: item.get("value") for item in container["env"]}
+        assert FAST_PATH_ENV.items() <= env.items(), group.get("groupName", "head")
+    config = yaml.safe_load((REPO / "cluster" / "aws.yaml").read_text())
+    settings = " ".join(f"{key}={value}" for key, value in FAST_PATH_ENV.items())
+    for commands in (config["head_start_ray_commands"], config["worker_start_ray_commands"]):
+        (start,) = [c for c in commands if "ray start" in c]
+        assert start.startswith(settings + " ray start"), start

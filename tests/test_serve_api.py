@@ -68,7 +68,8 @@ def _make_adapter(settings: Any, target: Path) -> None:
 @pytest.fixture(scope="module")
 def service(tmp_path_factory: pytest.TempPathFactory) -> Iterator[dict[str, Any]]:
     from serve.app import build_app
-    from serve.runner import FAST_PATH_ENV, start_local_ray
+    from serve.fast_path import FAST_PATH_ENV
+    from serve.runner import start_local_ray
 
     home = tmp_path_factory.mktemp("serve-home")
     registry = home / "models.yaml"
@@ -387,7 +388,7 @@ class _Caller:
 def test_handles_follow_the_replicas_transport(service: dict[str, Any]) -> None:
     """A handle pickled into a deployment keeps the transport default of the driver that made it
     (this one imported Ray Serve before the fast-path settings were set: actor calls); remade in
-    the replica it uses gRPC, as the replicas (started with serve.runner.FAST_PATH_ENV) serve it."""
+    the replica it uses gRPC, as the replicas (started with serve.fast_path.FAST_PATH_ENV) serve it."""
     serve.run(_Caller.bind(_Echo.bind()), name="transport", route_prefix=None)
     try:
         app = serve.get_app_handle("transport")  # made here: the driver's default
