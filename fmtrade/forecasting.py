@@ -23,7 +23,7 @@ import pandas as pd
 
 from fmtrade.config import Settings
 from fmtrade.data.intervals import interval_offset
-from fmtrade.data.store import Store, bar_grid, iso
+from fmtrade.data.store import iso
 from fmtrade.ensemble import ENSEMBLE_NAME, Ensemble, EnsembleError
 from fmtrade.errors import FmtradeError, InputError
 from fmtrade.models.base import Forecast, Forecaster
@@ -32,19 +32,6 @@ from fmtrade.models.registry import ModelSpec, build_forecaster
 log = logging.getLogger(__name__)
 
 RANDOM_WALK = "random-walk"
-
-
-def load_closes(
-    store: Store, symbol: str, interval: str, category: str, start: Any = None, end: Any = None
-) -> pd.Series:
-    """Close prices on the regular bar grid: gaps in the store become NaN rows (never invented
-    prices), which every model handles (native masking or forward imputation)."""
-    bars = store.read(symbol, interval, start, end, category)
-    if bars.empty:
-        window = "" if start is None and end is None else f" between {start or '-'} and {end or '-'}"
-        raise InputError("symbol", f"no {category}/{interval} bars stored for {symbol}{window} in {store.root}")
-    closes = bars["close"]
-    return closes.reindex(bar_grid(closes.index[0], closes.index[-1], interval))
 
 
 def load_models(specs: Sequence[ModelSpec], settings: Settings) -> tuple[dict[str, Forecaster], dict[str, str]]:

@@ -10,15 +10,15 @@ from collections.abc import Sequence
 from typing import Any
 
 import numpy as np
-import pandas as pd
 from fastapi import FastAPI
 from ray import serve
 from ray.serve.handle import DeploymentHandle
 
-from fmtrade.data.intervals import check_category, check_interval, interval_offset
+from fmtrade.data.closes import LatestCloses
+from fmtrade.data.intervals import check_category, check_interval
 from fmtrade.data.store import Store
 from fmtrade.errors import InputError
-from fmtrade.forecasting import future_timestamps, load_closes, quantile_dict
+from fmtrade.forecasting import future_timestamps, quantile_dict
 from fmtrade.models.base import check_quantile_levels
 from serve.api import UnknownSeries, create_api
 from serve.deployments import FanOut
@@ -41,7 +41,7 @@ class Ingress:
         self.limits = cfg.limits
         self.ensemble = rebind(ensemble)
         self.members = rebind_all(members)
-        self.store = Store(self.settings.store_uri())
+        self.latest = LatestCloses(Store(self.settings.store_uri()))  # symbol windows, re-read on change
         self._token = cfg.token(self.settings)
         self._max_body = cfg.body_limit(self.settings)
         self._info: dict[str, dict[str, Any]] = {}  # static model facts, fetched once
@@ -182,13 +182,11 @@ class Ingress:
         return values, stamps
 
     def _latest(self, symbol: str, prefix: str, category: str, interval: str, length: int) -> tuple[np.ndarray, Any]:
-        """The last ``length`` closes of ``symbol``, reading only the files that hold them."""
-        bounds = self.store.bounds(symbol, interval, category)
-        if bounds is None:
+        """The last ``length`` closes of ``symbol`` and the open time of its last bar."""
+        window = self.latest.get(symbol, interval, category, length)
+        if window is None:
             raise UnknownSeries(f"{prefix}symbol", f"no {category}/{interval} bars stored for {symbol}")
-        start = bounds[1] - interval_offset(interval) * (length - 1)
-        closes = load_closes(self.store, symbol, interval, category, start=start)
-        return closes.to_numpy(dtype=np.float64)[-length:], pd.Timestamp(closes.index[-1])
+        return window
 
 
 def _document(

@@ -16,6 +16,7 @@ from typing import Any
 
 import httpx
 import numpy as np
+import pandas as pd
 import pytest
 import yaml
 from peft import LoraConfig, get_peft_model
@@ -398,3 +399,23 @@ def test_handles_follow_the_replicas_transport(service: dict[str, Any]) -> None:
     assert report["replica_grpc"] == "1"
     assert report["rebound_by_reference"] is False and report["answer"] == 7
     assert report["given_by_reference"] is app.handle_options._by_reference  # Ray's behaviour rebind() is for
+
+
+def test_symbol_requests_see_bars_committed_while_serving(client: httpx.Client, service: dict[str, Any]) -> None:
+    """The ingress keeps each symbol's latest window between requests; a sync's commit shows up in
+    the very next forecast."""
+    store: Store = service["store"]
+    bars = synthesize(["SYNDUSDT"], SyntheticSpec(hours=600, seed=9)).bars["SYNDUSDT"]
+    store.write_bars("linear", "SYNDUSDT", "60", bars)
+    body = {"symbol": "SYNDUSDT", "horizon": 3, "models": ["naive"]}
+    first = client.post("/v1/forecast", json=body)
+    assert first.status_code == 200, first.text
+    assert first.json()["last_value"] == pytest.approx(bars["close"].iloc[-1])
+    assert client.post("/v1/forecast", json=body).json()["timestamps"] == first.json()["timestamps"]
+    new = bars.iloc[[-1]].copy()
+    new.index = new.index + pd.Timedelta(hours=1)
+    new.loc[:, ["open", "high", "low", "close"]] = 4242.0
+    store.write_bars("linear", "SYNDUSDT", "60", new)
+    after = client.post("/v1/forecast", json=body).json()
+    assert after["last_value"] == 4242.0
+    assert after["timestamps"] == [*first.json()["timestamps"][1:], after["timestamps"][-1]]

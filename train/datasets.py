@@ -45,8 +45,8 @@ class WindowSpec:
 
 def _expand(row: dict[str, Any], spec: WindowSpec) -> list[dict[str, Any]]:
     """One source -> its windows, tagged train/val and with an integer series id."""
+    from fmtrade.data.closes import load_closes
     from fmtrade.data.store import Store
-    from fmtrade.forecasting import load_closes
 
     source: Source = {"kind": row["kind"], "seed": int(row["seed"]), "symbol": row["symbol"]}
     closes = None
@@ -75,4 +75,3 @@ def window_datasets(sources: list[Source], spec: WindowSpec) -> tuple[ray.data.D
     if val.count() == 0:
         raise InputError("corpus", f"no validation windows: the validation parts are shorter than {need}")
     return train, val
-

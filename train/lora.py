@@ -33,10 +33,11 @@ from typing import Any, Literal
 import pandas as pd
 
 from fmtrade.config import Settings
+from fmtrade.data.closes import load_closes
 from fmtrade.data.store import Store
 from fmtrade.errors import InputError
 from fmtrade.evaluation import EvalParams, evaluate_symbol
-from fmtrade.forecasting import RANDOM_WALK, load_closes
+from fmtrade.forecasting import RANDOM_WALK
 from fmtrade.models.registry import active_specs, adapter_class, build_forecaster, resolve_checkpoint, select_specs
 from fmtrade.models.zoo import adapters_root, publish_dir
 from fmtrade.training import FAMILIES, LoraParams, load_for_training, objective_for

@@ -8,11 +8,12 @@ import time
 import typer
 
 from fmtrade.cli.common import JSON_OPTION, STORE_OPTION, emit_json, print_table, settings, split_csv
+from fmtrade.data.closes import load_closes
 from fmtrade.data.intervals import check_category, check_interval, interval_offset
 from fmtrade.data.store import Store, to_utc
 from fmtrade.ensemble import ENSEMBLE_NAME
 from fmtrade.evaluation import ROW_KEYS, EvalParams, check_horizon, cut_windows, evaluate_symbol
-from fmtrade.forecasting import RANDOM_WALK, load_closes
+from fmtrade.forecasting import RANDOM_WALK
 from fmtrade.models.registry import ModelSpec, active_specs, build_forecaster, select_specs
 
 log = logging.getLogger(__name__)
@@ -71,4 +72,3 @@ def evaluate(
     for row in rows:
         if "error" in row:
             typer.echo(f"failed: {row['symbol']} {row['model']}: {row['error']}", err=True)
-

@@ -6,11 +6,12 @@ import typer
 
 from fmtrade.cli.common import JSON_OPTION, STORE_OPTION, emit_json, print_table, settings, split_csv, split_numbers
 from fmtrade.client import forecast_remote
+from fmtrade.data.closes import load_closes
 from fmtrade.data.intervals import check_category, check_interval
 from fmtrade.data.store import Store
 from fmtrade.ensemble import ENSEMBLE_NAME
 from fmtrade.errors import InputError
-from fmtrade.forecasting import forecast_document, load_closes, load_models
+from fmtrade.forecasting import forecast_document, load_models
 from fmtrade.models.base import check_quantile_levels
 from fmtrade.models.registry import active_specs, select_specs
 

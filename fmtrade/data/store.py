@@ -200,6 +200,10 @@ def _conform(df: pd.DataFrame, columns: tuple[str, ...], what: str) -> pd.DataFr
     return out.sort_index()
 
 
+#: Listing fields that identify a committed file: local (inode, mtime) and S3 (ETag, time).
+_VERSION_KEYS = ("name", "size", "ino", "mtime", "ETag", "LastModified")
+
+
 class Store:
     """Market data store rooted at a local directory or an fsspec URI (``s3://bucket/prefix``)."""
 
@@ -293,6 +297,19 @@ class Store:
 
     def bounds(self, symbol: str, interval: str, category: str = "linear") -> tuple[pd.Timestamp, pd.Timestamp] | None:
         return self._bounds(self._bars_dir(category, symbol, interval))
+
+    def version(self, symbol: str, interval: str, category: str = "linear") -> tuple:
+        """What the stored state of a series is, from one directory listing: each committed file's
+        name, size and stamps. Every write renames a new file into place, so any change of the
+        series changes this; ``()`` when nothing is stored."""
+        directory = self._bars_dir(category, symbol, interval)
+        self.fs.invalidate_cache(directory)
+        try:
+            entries = self.fs.ls(directory, detail=True)
+        except FileNotFoundError:
+            return ()
+        files = (e for e in entries if e["name"].endswith(".parquet"))
+        return tuple(sorted(tuple(str(e.get(key)) for key in _VERSION_KEYS) for e in files))
 
     def gaps(self, symbol: str, interval: str, category: str = "linear", start: TimeLike = None,
              end: TimeLike = None) -> list[Gap]:
