@@ -54,6 +54,7 @@ import numpy as np
 import torch
 
 from fmtrade.config import load_settings
+from fmtrade.data.store import Store
 from fmtrade.data.synthetic import SyntheticSpec, synthesize
 from fmtrade.models.registry import active_specs, build_forecaster, is_available, select_specs
 from fmtrade.models.zoo import build_zoo
@@ -76,6 +77,12 @@ class Load:
     series: int
     route: str
     bodies: list[bytes]
+
+
+def symbol_load(symbols: list[str], model: str) -> Load:
+    """One stored symbol per request (the ingress reads its latest window from the store)."""
+    options = {"horizon": HORIZON, "quantiles": LEVELS, "models": [model]}
+    return Load(model, 1, "/v1/forecast", [json.dumps({"symbol": s, **options}).encode() for s in symbols])
 
 
 def build_load(pool: list[list[float]], series: int, model: str) -> Load:
@@ -248,6 +255,9 @@ def main() -> None:
     parser.add_argument(
         "--series", type=int, default=1, help="series per request (above 1: /v1/forecast/batch requests)"
     )
+    parser.add_argument(
+        "--symbols", type=int, default=0, help="requests name one of N stored symbols instead of sending a context"
+    )
     parser.add_argument("--repeats", type=int, default=3, help="on/off pairs per client count (median reported)")
     parser.add_argument("--json", action="store_true")
     args = parser.parse_args()
@@ -268,6 +278,13 @@ def main() -> None:
         build_zoo(settings, only=[args.model], size=args.size)
     pool = contexts(256, args.context)
     load = build_load(pool, args.series, args.model)
+    if args.symbols:  # two years of hourly bars per symbol, in the store the replicas read
+        names = [f"SYN{i}USDT" for i in range(args.symbols)]
+        market = synthesize(names, SyntheticSpec(hours=2 * 365 * 24, seed=0))
+        store = Store(settings.store_uri())
+        for name, bars in market.bars.items():
+            store.write_bars(settings.data.category, name, settings.data.interval, bars)
+        load = symbol_load(names, args.model)
     model = build_forecaster(spec, settings)
     # Ray runs a replica with OMP_NUM_THREADS = its whole CPUs (at least 1): match it, or the direct
     # numbers measure a different thread count (2 threads on a busy 2-core VM were 10x slower).
@@ -297,7 +314,8 @@ def main() -> None:
     else:
         start_local_ray()
     results: dict[str, Any] = {"model": args.model, "size": args.size, "context": args.context, "horizon": HORIZON,
-                               "series_per_request": args.series, "ray_defaults": args.ray_defaults,
+                               "series_per_request": args.series, "symbols": args.symbols,
+                               "ray_defaults": args.ray_defaults,
                                "direct_ingress": args.direct_ingress, "runs": []}  # fmt: skip
     try:
         serve.start(http_options={"host": "127.0.0.1", "port": port})
