@@ -5,6 +5,7 @@ from __future__ import annotations
 import socket
 from pathlib import Path
 
+import httpx
 import pytest
 
 REPO = Path(__file__).resolve().parents[1]
@@ -48,6 +49,7 @@ def s3_root(monkeypatch, port):
     boto3.client("s3", endpoint_url=endpoint).create_bucket(Bucket="fmtrade-test")
     yield "s3://fmtrade-test/store"
     s3fs.S3FileSystem.clear_instance_cache()
+    httpx.post(f"{endpoint}/moto-api/reset")  # moto keeps its buckets in-process, across servers
     server.stop()
 
 
