@@ -277,7 +277,6 @@ def main() -> None:
     if not is_available(spec, settings):
         build_zoo(settings, only=[args.model], size=args.size)
     pool = contexts(256, args.context)
-    load = build_load(pool, args.series, args.model)
     if args.symbols:  # two years of hourly bars per symbol, in the store the replicas read
         names = [f"SYN{i}USDT" for i in range(args.symbols)]
         market = synthesize(names, SyntheticSpec(hours=2 * 365 * 24, seed=0))
@@ -285,6 +284,8 @@ def main() -> None:
         for name, bars in market.bars.items():
             store.write_bars(settings.data.category, name, settings.data.interval, bars)
         load = symbol_load(names, args.model)
+    else:
+        load = build_load(pool, args.series, args.model)
     model = build_forecaster(spec, settings)
     # Ray runs a replica with OMP_NUM_THREADS = its whole CPUs (at least 1): match it, or the direct
     # numbers measure a different thread count (2 threads on a busy 2-core VM were 10x slower).

@@ -2,8 +2,8 @@
 
 Those ``RAY_SERVE_THROUGHPUT_OPTIMIZED=1`` turns on, minus direct ingress (which opens an extra
 HTTP port on every replica): gRPC between replicas, user code and router on the replica's event
-loop, buffered request logs. Measured on the 2-core VM (docs/BENCHMARKS.md): server CPU per
-request ~25% lower (one-model requests 11.1/12.7 -> 8.5/9.3 ms in two A/B pairs). Ray reads
+loop, buffered request logs. Measured against Ray's defaults on the 2-core VM (docs/BENCHMARKS.md,
+tiny model, 64 clients): ~30% less machine CPU per request with batching on, ~40% off. Ray reads
 them when its Serve processes start, so they belong in the environment of every Ray node:
 ``serve.runner.start_local_ray`` sets them for the Ray it embeds, the KubeRay RayService
 (``cluster/kuberay.py``) in its pods, ``cluster/aws.yaml`` on its ``ray start`` lines.
