@@ -156,10 +156,12 @@ class LocalCluster:
                 found[proc.pid] = proc
                 for child in proc.children(recursive=True):
                     found[child.pid] = child
-        return list(found.values())
+        return [proc for proc in found.values() if _running(proc)]
 
     def down(self, grace_s: float = 10) -> int:
-        """Stop this cluster's processes (SIGTERM, then SIGKILL after ``grace_s``); returns how many."""
+        """Stop this cluster's processes (SIGTERM, then SIGKILL after ``grace_s``) and wait until
+        they are gone: a SIGKILLed GCS on a busy machine can take a moment to exit, and returning
+        before then would let the caller see (or collide with) a half-stopped cluster. Returns how many."""
         procs = self.processes()
         for proc in procs:
             try:
@@ -172,4 +174,18 @@ class LocalCluster:
                 proc.kill()
             except psutil.NoSuchProcess:
                 continue
+        _, survivors = psutil.wait_procs(alive, timeout=grace_s)
+        survivors = [proc for proc in survivors if _running(proc)]
+        if survivors:
+            names = ", ".join(f"{proc.pid}" for proc in survivors)
+            raise ClusterError(f"processes {names} still running {grace_s:.0f} s after SIGKILL")
         return len(procs)
+
+
+def _running(proc: psutil.Process) -> bool:
+    """Whether ``proc`` still runs: a zombie (exited, waiting for a parent that never reaps it, as
+    under an init-less container's PID 1) has stopped."""
+    try:
+        return proc.status() != psutil.STATUS_ZOMBIE
+    except psutil.NoSuchProcess:
+        return False

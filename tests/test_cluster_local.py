@@ -5,8 +5,10 @@ from __future__ import annotations
 import json
 import subprocess
 import sys
+import time
 from pathlib import Path
 
+import psutil
 import pytest
 
 from cluster.local import LocalCluster
@@ -50,3 +52,38 @@ def test_submit_to_nothing_is_a_clear_error(tmp_path: Path) -> None:
     assert done.stderr.strip().splitlines()[-1].startswith("error: address: cannot submit")
     none = _fmtrade("cluster", "down", "--port", str(free_port()))
     assert none.returncode == 2 and "no local cluster" in none.stderr
+
+
+def _alive(proc: psutil.Process) -> bool:
+    try:
+        return proc.status() != psutil.STATUS_ZOMBIE
+    except psutil.NoSuchProcess:
+        return False
+
+
+def test_down_kills_what_ignores_sigterm_and_waits_until_it_is_gone(tmp_path: Path) -> None:
+    """A stand-in GCS (named like one on the command line) that ignores SIGTERM, with a child:
+    ``down`` must SIGKILL both after the grace period and return only once they have exited."""
+    port = free_port()
+    stubborn = (
+        "import signal, subprocess, sys, time; signal.signal(signal.SIGTERM, signal.SIG_IGN); "
+        "subprocess.Popen([sys.executable, '-c', 'import signal, time; "
+        "signal.signal(signal.SIGTERM, signal.SIG_IGN); time.sleep(600)']); time.sleep(600)"
+    )
+    gcs = subprocess.Popen(
+        [sys.executable, "-c", stubborn, f"--gcs_server_port={port}", f"--log_dir={tmp_path}/session/logs"]
+    )
+    cluster = LocalCluster(gcs_port=port)
+    try:
+        deadline = time.monotonic() + 30
+        while len(cluster.processes()) < 2 and time.monotonic() < deadline:
+            time.sleep(0.1)
+        procs = cluster.processes()
+        assert gcs.pid in {p.pid for p in procs} and len(procs) == 2
+        started = time.monotonic()
+        assert cluster.down(grace_s=1) == 2
+        assert time.monotonic() - started >= 1  # SIGTERM was ignored: it took the SIGKILL
+        assert not any(_alive(p) for p in procs)
+        assert cluster.processes() == []
+    finally:
+        gcs.kill()
