@@ -2,7 +2,10 @@
 
 from __future__ import annotations
 
+import contextlib
 import json
+import os
+import signal
 import subprocess
 import sys
 import time
@@ -71,7 +74,8 @@ def test_down_kills_what_ignores_sigterm_and_waits_until_it_is_gone(tmp_path: Pa
         "signal.signal(signal.SIGTERM, signal.SIG_IGN); time.sleep(600)']); time.sleep(600)"
     )
     gcs = subprocess.Popen(
-        [sys.executable, "-c", stubborn, f"--gcs_server_port={port}", f"--log_dir={tmp_path}/session/logs"]
+        [sys.executable, "-c", stubborn, f"--gcs_server_port={port}", f"--log_dir={tmp_path}/session/logs"],
+        start_new_session=True,  # one group: the finally below reaches the child too if the test fails
     )
     cluster = LocalCluster(gcs_port=port)
     try:
@@ -86,4 +90,5 @@ def test_down_kills_what_ignores_sigterm_and_waits_until_it_is_gone(tmp_path: Pa
         assert not any(_alive(p) for p in procs)
         assert cluster.processes() == []
     finally:
-        gcs.kill()
+        with contextlib.suppress(ProcessLookupError):
+            os.killpg(gcs.pid, signal.SIGKILL)
