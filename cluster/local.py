@@ -156,7 +156,7 @@ class LocalCluster:
                 found[proc.pid] = proc
                 for child in proc.children(recursive=True):
                     found[child.pid] = child
-        return [proc for proc in found.values() if _running(proc)]
+        return [proc for proc in found.values() if still_running(proc)]
 
     def down(self, grace_s: float = 10) -> int:
         """Stop this cluster's processes (SIGTERM, then SIGKILL after ``grace_s``) and wait until
@@ -175,14 +175,14 @@ class LocalCluster:
             except psutil.NoSuchProcess:
                 continue
         _, survivors = psutil.wait_procs(alive, timeout=grace_s)
-        survivors = [proc for proc in survivors if _running(proc)]
+        survivors = [proc for proc in survivors if still_running(proc)]
         if survivors:
             names = ", ".join(f"{proc.pid}" for proc in survivors)
             raise ClusterError(f"processes {names} still running {grace_s:.0f} s after SIGKILL")
         return len(procs)
 
 
-def _running(proc: psutil.Process) -> bool:
+def still_running(proc: psutil.Process) -> bool:
     """Whether ``proc`` still runs: a zombie (exited, waiting for a parent that never reaps it, as
     under an init-less container's PID 1) has stopped."""
     try:

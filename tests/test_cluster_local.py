@@ -11,10 +11,9 @@ import sys
 import time
 from pathlib import Path
 
-import psutil
 import pytest
 
-from cluster.local import LocalCluster
+from cluster.local import LocalCluster, still_running
 from cluster.submit import submit
 from tests.conftest import REPO, free_port
 
@@ -57,13 +56,6 @@ def test_submit_to_nothing_is_a_clear_error(tmp_path: Path) -> None:
     assert none.returncode == 2 and "no local cluster" in none.stderr
 
 
-def _alive(proc: psutil.Process) -> bool:
-    try:
-        return proc.status() != psutil.STATUS_ZOMBIE
-    except psutil.NoSuchProcess:
-        return False
-
-
 def test_down_kills_what_ignores_sigterm_and_waits_until_it_is_gone(tmp_path: Path) -> None:
     """A stand-in GCS (named like one on the command line) that ignores SIGTERM, with a child:
     ``down`` must SIGKILL both after the grace period and return only once they have exited."""
@@ -87,7 +79,7 @@ def test_down_kills_what_ignores_sigterm_and_waits_until_it_is_gone(tmp_path: Pa
         started = time.monotonic()
         assert cluster.down(grace_s=1) == 2
         assert time.monotonic() - started >= 1  # SIGTERM was ignored: it took the SIGKILL
-        assert not any(_alive(p) for p in procs)
+        assert not any(still_running(p) for p in procs)
         assert cluster.processes() == []
     finally:
         with contextlib.suppress(ProcessLookupError):
