@@ -54,6 +54,23 @@ def test_combine_vincentizes_by_hand() -> None:
     assert out.extras["uncertainty"][0, 0] == pytest.approx(out.quantiles[0, 0, 2] - out.quantiles[0, 0, 0])
 
 
+def test_combine_of_one_member_is_that_member_as_the_general_path_computes_it() -> None:
+    rng = np.random.default_rng(3)
+    quantiles = np.sort(rng.normal(100.0, 2.0, (4, 6, 3)), axis=-1)
+    member = Forecast("m", quantiles[..., 1] + 0.5, quantiles, (0.2, 0.5, 0.8), np.full(4, 100.0))
+    alone = combine({"m": member}, {"m": 0.3})
+    # Two identical members take the general (weighted-average) path to the same answer.
+    copy = Forecast("n", member.mean, quantiles, member.quantile_levels, member.last_values)
+    twin = combine({"m": member, "n": copy})
+    assert alone.model == "ensemble"
+    for field in ("mean", "quantiles", "last_values"):
+        np.testing.assert_allclose(getattr(alone, field), getattr(twin, field))
+    np.testing.assert_array_equal(alone.extras["disagreement"], np.zeros((4, 6)))
+    np.testing.assert_allclose(alone.extras["uncertainty"], twin.extras["uncertainty"])
+    # Extended beyond the stored 0.2/0.8 levels: wider than their spread.
+    assert (alone.extras["uncertainty"] > quantiles[..., 2] - quantiles[..., 0]).all()
+
+
 def test_combine_rejects_mismatched_members_and_bad_weights() -> None:
     a = _forecast("a", [[[9.0, 10.0, 11.0]]], [[10.0]])
     other_levels = Forecast("b", np.array([[10.0]]), np.array([[[9.0, 11.0]]]), (0.2, 0.8), np.array([10.0]))
