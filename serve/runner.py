@@ -38,6 +38,12 @@ from serve.app import build_app
 from serve.fast_path import FAST_PATH_ENV
 
 PACKAGED_CONFIG = Path(__file__).with_name("config.yaml")
+# Ray presents this machine's token only to a cluster it finds itself (``auto``), never to an
+# explicit address: there a cluster with token authentication refuses a client without the mode.
+_TOKEN_HINT = (
+    " (a cluster with token authentication also refuses a client without RAY_AUTH_MODE=token;"
+    " the token comes from RAY_AUTH_TOKEN, RAY_AUTH_TOKEN_PATH or ~/.ray/auth_token)"
+)
 
 
 def start_local_ray(num_cpus: int | None = None) -> None:
@@ -77,7 +83,8 @@ def _connect(address: str | None) -> bool:
         init_ray(address or "auto")
     except ConnectionError:
         if address is not None:
-            raise FmtradeError(f"no Ray cluster answers at --address {address}") from None
+            hint = "" if os.environ.get("RAY_AUTH_MODE") else _TOKEN_HINT
+            raise FmtradeError(f"no Ray cluster answers at --address {address}{hint}") from None
         return False
     return True
 

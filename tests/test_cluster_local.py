@@ -1,4 +1,5 @@
-"""A real two-node Ray cluster on this machine: the backtest job submitted to it, unchanged."""
+"""A real two-node Ray cluster on this machine: the backtest job submitted to it and the Serve
+application deployed to it by Ray's own CLI, both unchanged."""
 
 from __future__ import annotations
 
@@ -11,17 +12,24 @@ import sys
 import time
 from pathlib import Path
 
+import httpx
 import pytest
+import yaml
 
-from cluster.local import LocalCluster, still_running
+from cluster.local import LocalCluster, ray_env, still_running
 from cluster.submit import submit
+from fmtrade.client import forecast_remote
+from serve.options import AppConfig
+from serve.runner import PACKAGED_CONFIG, wait_ready
 from tests.conftest import REPO, free_port
 
 pytestmark = pytest.mark.slow
 
 
-def _fmtrade(*args: str, timeout: float = 300) -> subprocess.CompletedProcess[str]:
-    return subprocess.run([sys.executable, "-m", "fmtrade", *args], capture_output=True, text=True, timeout=timeout)
+def _fmtrade(*args: str, timeout: float = 300, env: dict[str, str] | None = None) -> subprocess.CompletedProcess[str]:
+    return subprocess.run(
+        [sys.executable, "-m", "fmtrade", *args], capture_output=True, text=True, timeout=timeout, env=env
+    )
 
 
 def test_backtest_job_runs_unchanged_on_a_two_node_cluster(tmp_path: Path, isolated_home: Path) -> None:
@@ -43,6 +51,55 @@ def test_backtest_job_runs_unchanged_on_a_two_node_cluster(tmp_path: Path, isola
             (s, m) for s in ("SYNAUSDT", "SYNBUSDT") for m in ("random-walk", "naive", "ensemble", "buy-and-hold")
         }
         assert json.loads((out / "summary.json").read_text()) == rows
+    finally:
+        stopped = cluster.down()
+    assert stopped > 0 and cluster.processes() == []
+
+
+def test_serve_config_deploys_unchanged_on_a_two_node_cluster(tmp_path: Path, isolated_home: Path) -> None:
+    """``serve deploy serve/config.yaml`` (Ray's CLI) on the cluster, then ``fmtrade serve status``
+    and ``down`` against it. Only the proxy port of the packaged file is changed (to a free one)."""
+    from fmtrade.data.store import Store
+    from fmtrade.data.synthetic import SyntheticSpec, synthesize
+
+    built = _fmtrade("models", "build", "--only", "chronos-bolt-fm-tiny", "--pretrain-minutes", "0", "--json")
+    assert built.returncode == 0, built.stderr[-2000:]
+    market = synthesize(["SYNUSDT"], SyntheticSpec(hours=600, start="2024-01-01", seed=5))
+    Store(str(isolated_home / "store")).write_bars("linear", "SYNUSDT", "60", market.bars["SYNUSDT"])
+    doc = yaml.safe_load(PACKAGED_CONFIG.read_text())
+    port = free_port()
+    doc["http_options"]["port"] = port
+    config = tmp_path / "config.yaml"
+    config.write_text(yaml.safe_dump(doc))
+    served = {"chronos-bolt-fm-tiny", "random-walk", "naive", "seasonal-naive", "auto-ets", "theta"}
+    # The graph asks for more CPU than one node has, so it can only run spread over both.
+    app = AppConfig.parse(doc["applications"][0]["args"])
+    cpus = sum(app.options_for(m).num_cpus for m in served) + app.ensemble.num_cpus + app.ingress.num_cpus
+    cluster = LocalCluster(workers=1, cpus_per_node=1, gcs_port=free_port(), dashboard_port=free_port())
+    assert cpus > 1
+    cluster.up()
+    try:
+        serve_cli = str(Path(sys.executable).with_name("serve"))
+        deploy = subprocess.run(
+            [serve_cli, "deploy", str(config), "--address", cluster.dashboard_url],
+            env=ray_env(), capture_output=True, text=True, timeout=120,
+        )  # fmt: skip
+        assert deploy.returncode == 0, deploy.stderr[-2000:]
+        url = f"http://127.0.0.1:{port}"
+        ready = wait_ready(url, timeout_s=300)
+        assert set(ready["models"]) == served and ready["ready"] is True
+        answer = forecast_remote(url, symbol="SYNUSDT", horizon=6, context_length=256)
+        assert set(answer["models"]) == served and answer["failed"] == {}
+        assert len(answer["timestamps"]) == 6 and len(answer["ensemble"]["quantiles"]["0.9"]) == 6
+        status = _fmtrade("serve", "status", "--address", cluster.address, "--json", env=ray_env())
+        assert status.returncode == 0, status.stderr[-2000:]
+        deployments = json.loads(status.stdout)["applications"]["fmtrade"]["deployments"]
+        assert set(deployments) == {f"model-{m}" for m in served} | {"ensemble", "api"}
+        assert all(d["replicas"].get("RUNNING", 0) >= 1 for d in deployments.values())
+        down = _fmtrade("serve", "down", "--address", cluster.address, "--json", env=ray_env())
+        assert down.returncode == 0, down.stderr[-2000:]
+        with pytest.raises(httpx.HTTPError):
+            httpx.get(f"{url}/healthz", timeout=5)
     finally:
         stopped = cluster.down()
     assert stopped > 0 and cluster.processes() == []
