@@ -11,7 +11,8 @@ and client here runs with ``RAY_AUTH_MODE=token`` and the token in ``~/.ray/auth
 
 ``ray stop`` would stop every Ray process on the machine (other clusters, a test's embedded
 Ray); ``down()`` stops only this cluster: the processes of its session (found from its GCS
-port) and their children.
+port) and their children. Like ``ray stop`` it also removes Ray's address file when that names
+this cluster: left behind, it sends every later ``--address auto`` to a GCS that is gone.
 """
 
 from __future__ import annotations
@@ -27,6 +28,7 @@ from pathlib import Path
 
 import httpx
 import psutil
+from ray._common.utils import get_ray_address_file
 
 from fmtrade.errors import FmtradeError
 from serve.fast_path import FAST_PATH_ENV
@@ -179,7 +181,18 @@ class LocalCluster:
         if survivors:
             names = ", ".join(f"{proc.pid}" for proc in survivors)
             raise ClusterError(f"processes {names} still running {grace_s:.0f} s after SIGKILL")
+        self._forget_address()
         return len(procs)
+
+    def _forget_address(self) -> None:
+        """Remove the address file ``ray start --head`` wrote, if it still names this cluster (by
+        its GCS port: Ray writes the node's IP there, not 127.0.0.1)."""
+        path = Path(get_ray_address_file(None))
+        try:
+            if path.read_text().strip().rpartition(":")[2] == str(self.gcs_port):
+                path.unlink()
+        except FileNotFoundError:
+            pass
 
 
 def still_running(proc: psutil.Process) -> bool:

@@ -46,13 +46,25 @@ def served_models(cfg: AppConfig) -> list[str]:
     return names
 
 
-def build_app(args: dict[str, Any] | None = None) -> Application:
-    """Application builder for ``import_path: serve.app:build_app``."""
-    cfg = AppConfig.parse(args)
+def cpus_at_start(cfg: AppConfig, models: list[str]) -> float:
+    """CPUs the replicas of the graph serving ``models`` reserve when it starts (initial replicas
+    x ``num_cpus`` of every deployment): what a Ray must offer before the application is ready."""
+    scalings = [cfg.options_for(name) for name in models] + [cfg.ensemble, cfg.ingress]
+    return sum(max(s.min_replicas, 1) * s.num_cpus for s in scalings)
+
+
+def build_graph(cfg: AppConfig, models: list[str]) -> Application:
+    """The deployment graph serving ``models`` (see :func:`served_models`)."""
     doc = cfg.to_args()
     members = {
         name: ModelDeployment.options(**cfg.options_for(name).deployment_options(f"model-{name}")).bind(name, doc)
-        for name in served_models(cfg)
+        for name in models
     }
     ensemble = EnsembleDeployment.options(**cfg.ensemble.deployment_options("ensemble")).bind(members, doc)
     return Ingress.options(**cfg.ingress.deployment_options("api")).bind(ensemble, members, doc)
+
+
+def build_app(args: dict[str, Any] | None = None) -> Application:
+    """Application builder for ``import_path: serve.app:build_app``."""
+    cfg = AppConfig.parse(args)
+    return build_graph(cfg, served_models(cfg))

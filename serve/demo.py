@@ -17,7 +17,7 @@ from ray import serve as ray_serve
 from fmtrade.client import forecast_remote
 from fmtrade.config import Settings
 from serve.app import build_app
-from serve.runner import start_local_ray, wait_ready
+from serve.runner import deploy, start_local_ray
 
 INTERVAL_LEVELS = (0.1, 0.5, 0.9)  # the 80% central interval and the median
 
@@ -52,9 +52,8 @@ def forecast_via_service(
     port = _free_port()
     try:
         ray_serve.start(http_options={"host": "127.0.0.1", "port": port})
-        ray_serve.run(build_app(args), name="fmtrade-demo", route_prefix="/", blocking=False)
         url = f"http://127.0.0.1:{port}"
-        wait_ready(url, 600.0)
+        deploy([("fmtrade-demo", "/", build_app(args))], url, 600.0)
         with httpx.Client() as client:
             return [
                 forecast_remote(url, symbol, category=category, interval=interval, horizon=horizon,

@@ -28,6 +28,7 @@ from serve.options import AppConfig
 from serve.schemas import BatchRequest, ForecastRequest, Options, Series
 
 _DESCRIBE_TIMEOUT_S = 30.0
+_PROBE_TIMEOUT_S = 5.0  # a readiness probe's wait for each model
 
 
 @serve.deployment
@@ -76,8 +77,10 @@ class Ingress:
     async def ready(self) -> dict[str, Any]:
         async def probe(name: str, handle: DeploymentHandle) -> tuple[str, str]:
             try:
-                await asyncio.wait_for(handle.describe.remote(), 5.0)
+                await asyncio.wait_for(handle.describe.remote(), _PROBE_TIMEOUT_S)
                 return name, "ok"
+            except TimeoutError:
+                return name, f"no answer within {_PROBE_TIMEOUT_S:g}s (replica not running yet?)"
             except Exception as exc:  # noqa: BLE001 - readiness reports, it does not raise
                 return name, f"{type(exc).__name__}: {exc}"
 

@@ -1,14 +1,15 @@
 """Start, inspect and stop the Serve application (what ``fmtrade serve up|status|down`` do).
 
 ``up`` reads a Ray Serve config file (``serve/config.yaml`` format), builds each
-application with :func:`serve.app.build_app` and runs it:
+application's graph as ``serve.app.build_app`` does and runs it:
 
 * on the Ray cluster at ``--address`` (default: the one running on this machine,
   if any); the applications outlive the command;
 * else on an embedded Ray in this process (foreground, until Ctrl-C/SIGTERM), or
   with ``--detach`` in a background ``fmtrade serve up --address local`` process
   that ``down`` stops with SIGTERM. Ray's own defaults apply to authentication: the
-  embedded Ray creates its token itself, nothing is asked of the user.
+  embedded Ray creates its token itself, nothing is asked of the user. The embedded Ray
+  counts at least the CPUs the replicas reserve at start (:func:`embedded_cpus`).
 
 ``$FMTRADE_HOME/serve/state.json`` remembers the URL (and the background pid), so
 ``status`` and ``down`` find what ``up`` started.
@@ -17,11 +18,14 @@ application with :func:`serve.app.build_app` and runs it:
 from __future__ import annotations
 
 import json
+import logging
+import math
 import os
 import signal
 import subprocess
 import sys
 import time
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -29,13 +33,20 @@ import httpx
 import ray
 import yaml
 from ray import serve as ray_serve
+from ray._private.utils import get_num_cpus
+from ray.serve import Application
 
 from fmtrade.config import Settings
 from fmtrade.errors import ConfigError, FmtradeError
 from fmtrade.io import write_json_atomic
-from jobs.ray_runtime import init_ray
-from serve.app import build_app
+from jobs.ray_runtime import ClusterUnreachable, init_ray
+from serve.app import build_graph, cpus_at_start, served_models
 from serve.fast_path import FAST_PATH_ENV
+from serve.options import AppConfig
+
+log = logging.getLogger(__name__)
+
+_GIVE_UP_GRACE_S = 30.0  # for a detached service to report its own start timeout
 
 PACKAGED_CONFIG = Path(__file__).with_name("config.yaml")
 # Ray presents this machine's token only to a cluster it finds itself (``auto``), never to an
@@ -52,6 +63,22 @@ def start_local_ray(num_cpus: int | None = None) -> None:
     for key, value in FAST_PATH_ENV.items():
         os.environ.setdefault(key, value)
     init_ray("local", num_cpus=num_cpus)
+
+
+def embedded_cpus(needed: float) -> int | None:
+    """The CPU count of an embedded Ray that must place ``needed`` CPUs of replicas: None (Ray's
+    own count of this machine's cores) when they fit, else ``needed`` rounded up. Ray's CPUs are
+    scheduling units: on a machine smaller than the application (the packaged config serving the
+    whole zoo reserves 2.7 CPUs) the replicas then share the cores instead of waiting for ever."""
+    cores = get_num_cpus()
+    if needed <= cores:
+        return None
+    log.warning(
+        "the application's replicas reserve %.2f CPUs at start; the embedded Ray counts %d on this "
+        "%g-core machine, so they share its cores",
+        needed, math.ceil(needed), cores,
+    )  # fmt: skip
+    return math.ceil(needed)
 
 
 def state_path(settings: Settings) -> Path:
@@ -81,6 +108,11 @@ def _connect(address: str | None) -> bool:
         return False
     try:
         init_ray(address or "auto")
+    except ClusterUnreachable as exc:
+        if address is not None:
+            raise FmtradeError(str(exc)) from None
+        log.warning("%s: not using it", exc)
+        return False
     except ConnectionError:
         if address is not None:
             hint = "" if os.environ.get("RAY_AUTH_MODE") else _TOKEN_HINT
@@ -89,15 +121,34 @@ def _connect(address: str | None) -> bool:
     return True
 
 
-def _spawn_detached(settings: Settings, config: Path, host: str, port: int, fmtrade_config: str | None) -> int:
+def log_path(settings: Settings) -> Path:
+    """Where a detached service writes its output."""
+    return state_path(settings).with_name("serve.log")
+
+
+def _last_line_of(text: str) -> str:
+    lines = [line for line in (text or "").splitlines() if line.strip()]
+    return lines[-1].strip()[-300:] if lines else ""
+
+
+def _last_line(path: Path) -> str:
+    try:
+        return _last_line_of(path.read_text(errors="replace"))
+    except OSError:
+        return ""
+
+
+def _spawn_detached(
+    settings: Settings, config: Path, host: str, port: int, fmtrade_config: str | None, ready_timeout_s: float
+) -> int:
     """Run the foreground server (embedded Ray) as a background session of its own; return its pid."""
-    log_path = state_path(settings).with_name("serve.log")
-    log_path.parent.mkdir(parents=True, exist_ok=True)
+    log_path(settings).parent.mkdir(parents=True, exist_ok=True)
     cmd = [sys.executable, "-m", "fmtrade"]
     if fmtrade_config:
         cmd += ["--config", fmtrade_config]
-    cmd += ["serve", "up", "--address", "local", "--config", str(config), "--host", host, "--port", str(port)]
-    with log_path.open("ab") as log_file:
+    cmd += ["serve", "up", "--address", "local", "--config", str(config), "--host", host, "--port", str(port),
+            "--ready-timeout", str(ready_timeout_s)]  # fmt: skip
+    with log_path(settings).open("ab") as log_file:
         child = subprocess.Popen(cmd, stdout=log_file, stderr=log_file, stdin=subprocess.DEVNULL,
                                  start_new_session=True)  # fmt: skip
     return child.pid
@@ -116,13 +167,18 @@ def _alive(pid: int) -> bool:
         return True
 
 
-def wait_ready(url: str, timeout_s: float, pid: int | None = None) -> dict[str, Any]:
-    """Poll ``/readyz`` until every model deployment answers (failing early if ``pid`` exits)."""
+class NotReadyInTime(FmtradeError):
+    """The service did not answer ``/readyz`` before the deadline."""
+
+
+def wait_ready(url: str, timeout_s: float, still_starting: Callable[[], None] | None = None) -> dict[str, Any]:
+    """Poll ``/readyz`` until every model deployment answers. ``still_starting`` is called before
+    each poll and raises (an FmtradeError saying why) once the start has failed for good."""
     deadline = time.monotonic() + timeout_s
     last = "no answer"
     while time.monotonic() < deadline:
-        if pid is not None and not _alive(pid):
-            raise FmtradeError(f"the service process exited before it was ready: {last}")
+        if still_starting is not None:
+            still_starting()
         try:
             response = httpx.get(f"{url}/readyz", timeout=10)
             if response.status_code == 200:
@@ -131,7 +187,43 @@ def wait_ready(url: str, timeout_s: float, pid: int | None = None) -> dict[str, 
         except httpx.HTTPError as exc:
             last = str(exc)
         time.sleep(0.5)
-    raise FmtradeError(f"the service at {url} was not ready after {timeout_s:g}s: {last}")
+    raise NotReadyInTime(f"the service at {url} was not ready after {timeout_s:g}s: {last}")
+
+
+def _process_alive(pid: int) -> Callable[[], None]:
+    def check() -> None:
+        if not _alive(pid):
+            raise FmtradeError("the service process exited before it was ready")
+
+    return check
+
+
+def _deploying(apps: list[str]) -> Callable[[], None]:
+    def check() -> None:
+        statuses = ray_serve.status().applications
+        failed = [statuses[app] for app in apps if app in statuses and _text(statuses[app].status) == "DEPLOY_FAILED"]
+        if failed:
+            # Each failed deployment's message ends with its replicas' exception: the reason.
+            reasons = [f"{name}: {_last_line_of(dep.message)}" for app in failed
+                       for name, dep in app.deployments.items() if _text(dep.status) != "HEALTHY"]  # fmt: skip
+            raise FmtradeError(f"the application failed to deploy ({'; '.join(reasons)})")
+
+    return check
+
+
+def deploy(apps: list[tuple[str, str, Application]], ready_url: str, timeout_s: float) -> dict[str, Any]:
+    """Deploy ``apps`` (name, route prefix, graph) on the running Serve and wait until ``ready_url``
+    is ready. Serve's own deploy call waits without a deadline (a replica that can never be placed
+    would hold the caller for good) and raises a bare RuntimeError when a deployment fails; this
+    wait has a deadline, fails as soon as a deployment does, with its replicas' exception, and on
+    timeout names the deployments that are not running."""
+    targets = [ray_serve.RunTarget(app, name=name, route_prefix=prefix) for name, prefix, app in apps]
+    ray_serve.run_many(targets, wait_for_ingress_deployment_creation=False, wait_for_applications_running=False)
+    names = [name for name, _, _ in apps]
+    try:
+        return wait_ready(ready_url, timeout_s, _deploying(names))
+    except NotReadyInTime as exc:
+        raise FmtradeError(f"{exc}; not running: {_not_running(names)}") from None
 
 
 def up(
@@ -159,23 +251,32 @@ def up(
     names = [entry.get("name", "default") for entry in doc["applications"]]
     on_cluster = _connect(address)
     if detach and not on_cluster:
-        pid = _spawn_detached(settings, file, http["host"], http["port"], fmtrade_config)
-        readiness = wait_ready(ready_url, ready_timeout_s, pid)
+        pid = _spawn_detached(settings, file, http["host"], http["port"], fmtrade_config, ready_timeout_s)
+        try:
+            # The process gives up by itself after ready_timeout_s, saying why in its log.
+            readiness = wait_ready(ready_url, ready_timeout_s + _GIVE_UP_GRACE_S, _process_alive(pid))
+        except FmtradeError as exc:
+            if _alive(pid):  # stop it: nothing would know to
+                os.kill(pid, signal.SIGTERM)
+            output = log_path(settings)
+            raise FmtradeError(f"{exc} (its log {output} ends: {_last_line(output)})") from None
         state = {"url": url, "config": str(file), "applications": names, "pid": pid}
         write_json_atomic(state_path(settings), state)
         return {**state, "ready": readiness}
     apps = []
+    needed = 0.0
     for entry in doc["applications"]:
         args = dict(entry.get("args") or {})
         if fmtrade_config:
             args.setdefault("config", fmtrade_config)
-        apps.append((entry.get("name", "default"), entry.get("route_prefix", "/"), build_app(args)))
+        cfg = AppConfig.parse(args)
+        models = served_models(cfg)
+        apps.append((entry.get("name", "default"), entry.get("route_prefix", "/"), build_graph(cfg, models)))
+        needed += cpus_at_start(cfg, models)
     if not on_cluster:
-        start_local_ray()
+        start_local_ray(num_cpus=embedded_cpus(needed))
     ray_serve.start(http_options=http, proxy_location=doc.get("proxy_location", "HeadOnly"))
-    for name, prefix, app in apps:
-        ray_serve.run(app, name=name, route_prefix=prefix, blocking=False)
-    readiness = wait_ready(ready_url, ready_timeout_s)
+    readiness = deploy(apps, ready_url, ready_timeout_s)
     state = {"url": url, "config": str(file), "applications": names, "pid": None}
     if on_cluster:
         write_json_atomic(state_path(settings), state)
@@ -233,6 +334,23 @@ def status(settings: Settings, address: str | None = None) -> dict[str, Any]:
             for name, app in apps.items()
         },
     }
+
+
+def _not_running(apps: list[str]) -> str:
+    """Serve's account of the deployments of ``apps`` that are not healthy (why a start timed out)."""
+    try:
+        statuses = ray_serve.status().applications
+    except ray.exceptions.RayError as exc:
+        return f"Serve's status is unavailable ({type(exc).__name__})"
+    waiting = []
+    for app in apps:
+        if app not in statuses:
+            waiting.append(f"application {app} was not deployed")
+            continue
+        for name, dep in statuses[app].deployments.items():
+            if _text(dep.status) != "HEALTHY":
+                waiting.append(f"{name} {_text(dep.status)}" + (f" ({dep.message})" if dep.message else ""))
+    return "; ".join(waiting) or "every deployment is healthy"
 
 
 def _text(status: Any) -> str:

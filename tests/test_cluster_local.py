@@ -15,10 +15,12 @@ from pathlib import Path
 import httpx
 import pytest
 import yaml
+from ray._common.utils import get_ray_address_file
 
 from cluster.local import LocalCluster, ray_env, still_running
 from cluster.submit import submit
 from fmtrade.client import forecast_remote
+from serve.app import cpus_at_start
 from serve.options import AppConfig
 from serve.runner import PACKAGED_CONFIG, wait_ready
 from tests.conftest import REPO, free_port
@@ -36,9 +38,11 @@ def test_backtest_job_runs_unchanged_on_a_two_node_cluster(tmp_path: Path, isola
     synth = _fmtrade("data", "synth", "--symbols", "SYNAUSDT,SYNBUSDT", "--hours", "2000", "--seed", "1", "--json")
     assert synth.returncode == 0, synth.stderr[-2000:]
     cluster = LocalCluster(workers=1, cpus_per_node=1, gcs_port=free_port(), dashboard_port=free_port())
+    address_file = Path(get_ray_address_file(None))
     cluster.up()
     try:
         assert len(cluster.processes()) > 4  # GCS, two raylets, dashboard, agents...
+        assert address_file.read_text().strip().endswith(f":{cluster.gcs_port}")  # `ray start --head` wrote it
         out = tmp_path / "run"
         entrypoint = (
             "python -m jobs.backtest --symbols SYNAUSDT,SYNBUSDT --models random-walk,naive,ensemble "
@@ -54,6 +58,7 @@ def test_backtest_job_runs_unchanged_on_a_two_node_cluster(tmp_path: Path, isola
     finally:
         stopped = cluster.down()
     assert stopped > 0 and cluster.processes() == []
+    assert not address_file.exists()
 
 
 def test_serve_config_deploys_unchanged_on_a_two_node_cluster(tmp_path: Path, isolated_home: Path) -> None:
@@ -74,7 +79,7 @@ def test_serve_config_deploys_unchanged_on_a_two_node_cluster(tmp_path: Path, is
     served = {"chronos-bolt-fm-tiny", "random-walk", "naive", "seasonal-naive", "auto-ets", "theta"}
     # The graph asks for more CPU than one node has, so it can only run spread over both.
     app = AppConfig.parse(doc["applications"][0]["args"])
-    cpus = sum(app.options_for(m).num_cpus for m in served) + app.ensemble.num_cpus + app.ingress.num_cpus
+    cpus = cpus_at_start(app, sorted(served))
     cluster = LocalCluster(workers=1, cpus_per_node=1, gcs_port=free_port(), dashboard_port=free_port())
     assert cpus > 1
     cluster.up()
@@ -141,3 +146,19 @@ def test_down_kills_what_ignores_sigterm_and_waits_until_it_is_gone(tmp_path: Pa
     finally:
         with contextlib.suppress(ProcessLookupError):
             os.killpg(gcs.pid, signal.SIGKILL)
+
+
+def test_down_forgets_the_address_file_only_when_it_names_this_cluster(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Ray's temp dir is moved into tmp_path, so the machine's own address file is not touched."""
+    monkeypatch.setenv("RAY_TMPDIR", str(tmp_path))
+    address_file = Path(get_ray_address_file(None))
+    assert address_file.parent == tmp_path / "ray"
+    address_file.parent.mkdir()
+    cluster = LocalCluster(gcs_port=free_port())
+    address_file.write_text("192.0.2.2:1\n")  # another cluster's
+    assert cluster.down() == 0 and address_file.read_text() == "192.0.2.2:1\n"
+    address_file.write_text(f"192.0.2.2:{cluster.gcs_port}\n")  # Ray writes the node's IP
+    assert cluster.down() == 0 and not address_file.exists()
+    assert cluster.down() == 0  # nothing left to forget

@@ -3,14 +3,17 @@
 from __future__ import annotations
 
 import json
+import socket
 import subprocess
 import sys
 from pathlib import Path
 
 import pytest
 import yaml
+from ray._private.utils import get_num_cpus
 
 from fmtrade.client import forecast_remote
+from tests.conftest import free_port
 
 pytestmark = pytest.mark.slow
 
@@ -28,7 +31,9 @@ def test_up_detached_status_forecast_down(tmp_path: Path, port: int, isolated_ho
     Store(str(isolated_home / "store")).write_bars("linear", "SYNUSDT", "60", market.bars["SYNUSDT"])
     config = tmp_path / "serve.yaml"
     small = {"num_cpus": 0.1}
-    app = {"models": ["random-walk"], "model_defaults": small, "ensemble": small, "ingress": small}
+    # The model replica alone reserves every CPU Ray counts here: the embedded Ray must count more.
+    whole_machine = {"num_cpus": float(get_num_cpus())}
+    app = {"models": ["random-walk"], "model_defaults": whole_machine, "ensemble": small, "ingress": small}
     config.write_text(yaml.safe_dump({"applications": [{"name": "fmtrade", "import_path": "serve.app:build_app",
                                                         "route_prefix": "/", "args": app}]}))  # fmt: skip
     up = _fmtrade("serve", "up", "--detach", "--address", "local", "--config", str(config), "--port", str(port),
@@ -49,13 +54,86 @@ def test_up_detached_status_forecast_down(tmp_path: Path, port: int, isolated_ho
         assert remote["symbol"] == "SYNUSDT" and len(remote["timestamps"]) == 4 and "random-walk" in remote["models"]
         unknown = _fmtrade("forecast", "--url", started["url"], "--symbol", "NOPEUSDT", "--json")
         assert unknown.returncode == 2 and "NOPEUSDT" in unknown.stderr
+        assert "so they share its cores" in (isolated_home / "serve" / "serve.log").read_text()
     finally:
         down = _fmtrade("serve", "down", "--json")
     assert down.returncode == 0, down.stderr[-2000:]
     assert json.loads(down.stdout)["stopped"] is True
 
 
+def test_a_start_that_cannot_finish_says_why_and_leaves_nothing_running(
+    tmp_path: Path, port: int, isolated_home: Path
+) -> None:
+    """A replica that can never be placed (64 GPUs) made ``up`` wait for good inside Serve's own
+    deploy call. Now the service gives up after ``--ready-timeout``, says what is not running, and
+    the detached command reports it from the service's log and leaves no process or state behind."""
+    config = tmp_path / "serve.yaml"
+    small = {"num_cpus": 0.1}
+    app = {"models": ["random-walk"], "model_defaults": {**small, "num_gpus": 64}, "ensemble": small,
+           "ingress": small}  # fmt: skip
+    config.write_text(yaml.safe_dump({"applications": [{"name": "fmtrade", "import_path": "serve.app:build_app",
+                                                        "route_prefix": "/", "args": app}]}))  # fmt: skip
+    up = _fmtrade("serve", "up", "--detach", "--address", "local", "--config", str(config), "--port", str(port),
+                  "--ready-timeout", "10", timeout=300)  # fmt: skip
+    assert up.returncode == 2
+    last = up.stderr.strip().splitlines()[-1]
+    assert last.startswith("error: the service process exited before it was ready (its log ")
+    assert "not ready after 10s" in last and last.endswith("not running: model-random-walk UPDATING)")
+    assert not (isolated_home / "serve" / "state.json").exists()
+    with pytest.raises(OSError):
+        socket.create_connection(("127.0.0.1", port), timeout=5).close()
+
+
+def test_a_deployment_that_cannot_start_fails_the_command_with_its_reason(
+    tmp_path: Path, port: int, isolated_home: Path
+) -> None:
+    """A checkpoint that no longer loads: its replicas fail in their constructor. Serve's own
+    deploy call raised a RuntimeError (a traceback) here; now the command fails at once with the
+    replicas' exception."""
+    built = _fmtrade("models", "build", "--only", "chronos-bolt-fm-tiny", "--pretrain-minutes", "0", "--json")
+    assert built.returncode == 0, built.stderr[-2000:]
+    (isolated_home / "zoo" / "chronos-bolt-fm-tiny" / "model.safetensors").write_bytes(b"not a checkpoint")
+    config = tmp_path / "serve.yaml"
+    small = {"num_cpus": 0.1}
+    app = {"models": ["chronos-bolt-fm-tiny", "naive"], "model_defaults": small, "ensemble": small, "ingress": small}
+    config.write_text(yaml.safe_dump({"applications": [{"name": "fmtrade", "import_path": "serve.app:build_app",
+                                                        "route_prefix": "/", "args": app}]}))  # fmt: skip
+    up = _fmtrade("serve", "up", "--address", "local", "--config", str(config), "--port", str(port), timeout=300)
+    assert up.returncode == 2
+    last = up.stderr.strip().splitlines()[-1]
+    assert last.startswith("error: the application failed to deploy (model-chronos-bolt-fm-tiny: ")
+    assert "SafetensorError" in last
+
+
 def test_bad_config_is_one_line_and_exit_2(tmp_path: Path) -> None:
     missing = _fmtrade("serve", "up", "--config", str(tmp_path / "nope.yaml"), timeout=120)
     assert missing.returncode == 2
     assert missing.stderr.strip().splitlines()[-1].startswith("error: serve config")
+
+
+def test_a_dead_cluster_address_is_reported_at_once(
+    tmp_path: Path, isolated_home: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A cluster stopped without ``ray stop`` leaves its address in Ray's address file, and Ray's
+    driver retries a dead GCS for good (here: over 10 minutes). Without ``--address`` that file is
+    ignored with a warning; ``--address auto`` or a dead ``host:port`` is a one-line error.
+    Ray's temp dir is moved into tmp_path, so the machine's own address file is not touched."""
+    monkeypatch.setenv("RAY_TMPDIR", str(tmp_path))
+    monkeypatch.delenv("RAY_ADDRESS", raising=False)
+    address_file = tmp_path / "ray" / "ray_current_cluster"
+    address_file.parent.mkdir()
+    dead = f"127.0.0.1:{free_port()}"
+    address_file.write_text(dead)
+    implicit = _fmtrade("serve", "status", timeout=120)
+    assert implicit.returncode == 2
+    assert implicit.stderr.strip().splitlines()[-1] == (
+        "error: no fmtrade service or Ray cluster is running; start it with `fmtrade serve up`"
+    )
+    assert f"{address_file} (a cluster stopped without `ray stop`" in implicit.stderr  # the warning
+    auto = _fmtrade("serve", "status", "--address", "auto", timeout=120)
+    assert auto.returncode == 2
+    last = auto.stderr.strip().splitlines()[-1]
+    assert last.startswith("error: no Ray cluster answers at ") and str(address_file) in last
+    explicit = _fmtrade("serve", "down", "--address", dead, timeout=120)
+    assert explicit.returncode == 2
+    assert explicit.stderr.strip().splitlines()[-1] == f"error: no Ray cluster answers at {dead}"

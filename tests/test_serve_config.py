@@ -2,18 +2,20 @@
 
 from __future__ import annotations
 
+import math
 from pathlib import Path
 
 import pytest
 import yaml
+from ray._private.utils import get_num_cpus
 from ray.serve.schema import ServeDeploySchema
 
 from fmtrade.config import load_settings
 from fmtrade.errors import ConfigError
 from serve.api import field_loc
-from serve.app import served_models
+from serve.app import cpus_at_start, served_models
 from serve.options import AppConfig
-from serve.runner import PACKAGED_CONFIG, read_config
+from serve.runner import PACKAGED_CONFIG, embedded_cpus, read_config
 
 REPO = Path(__file__).resolve().parents[1]
 
@@ -90,3 +92,22 @@ def test_read_config_falls_back_to_the_packaged_file(tmp_path: Path, monkeypatch
 def test_field_loc_matches_pydantic_shape() -> None:
     assert field_loc("horizon") == ["body", "horizon"]
     assert field_loc("series[2].context") == ["body", "series", 2, "context"]
+
+
+def test_cpus_at_start_counts_every_deployment_at_its_initial_replicas() -> None:
+    cfg = AppConfig.parse(
+        {
+            "models": ["random-walk", "naive"],
+            "model_defaults": {"num_cpus": 0.25},
+            "model_options": {"naive": {"num_cpus": 0.5, "min_replicas": 2, "max_replicas": 3}},
+            "ensemble": {"num_cpus": 0.1, "min_replicas": 0},  # scaled to zero: still starts one replica
+            "ingress": {"num_cpus": 0.2},
+        }
+    )
+    assert cpus_at_start(cfg, served_models(cfg)) == pytest.approx(0.25 + 2 * 0.5 + 0.1 + 0.2)
+
+
+def test_the_embedded_ray_counts_at_least_what_the_replicas_reserve() -> None:
+    cores = get_num_cpus()
+    assert embedded_cpus(cores) is None  # fits: Ray's own count
+    assert embedded_cpus(cores + 0.7) == math.ceil(cores + 0.7)

@@ -21,12 +21,17 @@ def up(
     host: str = typer.Option(None, "--host", help="HTTP host (default: the file's, else serve.host)."),
     port: int = typer.Option(None, "--port", help="HTTP port (default: the file's, else serve.port)."),
     detach: bool = typer.Option(False, "--detach", help="Return once the service is ready; it keeps running."),
+    ready_timeout: float = typer.Option(
+        600.0, "--ready-timeout", min=1, help="Seconds to wait for every model to answer before giving up."
+    ),
     json_out: bool = JSON_OPTION,
 ) -> None:
     """Deploy the service and wait until every model answers; without --detach, serve until Ctrl-C."""
     from serve import runner
 
-    result = runner.up(settings(), config, address, host, port, detach, fmtrade_config=CliState.config)
+    result = runner.up(
+        settings(), config, address, host, port, detach, fmtrade_config=CliState.config, ready_timeout_s=ready_timeout
+    )
     if json_out:
         emit_json(result)
     else:
