@@ -276,7 +276,17 @@ def up(
     if not on_cluster:
         start_local_ray(num_cpus=embedded_cpus(needed))
     ray_serve.start(http_options=http, proxy_location=doc.get("proxy_location", "HeadOnly"))
-    readiness = deploy(apps, ready_url, ready_timeout_s)
+    try:
+        readiness = deploy(apps, ready_url, ready_timeout_s)
+    except FmtradeError as exc:
+        if not on_cluster:
+            raise
+        where = address or "auto"
+        raise FmtradeError(
+            f"{exc} (the applications stay on the cluster, where an autoscaler may still place them: "
+            f"`fmtrade serve status --address {where}` follows them, `fmtrade serve down --address {where}` "
+            "removes them)"
+        ) from None
     state = {"url": url, "config": str(file), "applications": names, "pid": None}
     if on_cluster:
         write_json_atomic(state_path(settings), state)

@@ -105,6 +105,18 @@ def test_serve_config_deploys_unchanged_on_a_two_node_cluster(tmp_path: Path, is
         assert down.returncode == 0, down.stderr[-2000:]
         with pytest.raises(httpx.HTTPError):
             httpx.get(f"{url}/healthz", timeout=5)
+        # A graph the cluster cannot place (64 GPUs): `fmtrade serve up` gives up after its timeout
+        # and says the application stays on the cluster (an autoscaler could still place it).
+        args = doc["applications"][0]["args"]
+        args.update(models=["naive"], model_defaults={"num_cpus": 0.1, "num_gpus": 64}, model_options={})
+        config.write_text(yaml.safe_dump(doc))
+        up = _fmtrade("serve", "up", "--address", cluster.address, "--config", str(config), "--ready-timeout", "10",
+                      env=ray_env())  # fmt: skip
+        assert up.returncode == 2
+        last = up.stderr.strip().splitlines()[-1]
+        assert "not running: model-naive UPDATING" in last and "the applications stay on the cluster" in last
+        down = _fmtrade("serve", "down", "--address", cluster.address, "--json", env=ray_env())
+        assert down.returncode == 0, down.stderr[-2000:]
     finally:
         stopped = cluster.down()
     assert stopped > 0 and cluster.processes() == []
