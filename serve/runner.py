@@ -249,6 +249,13 @@ def up(
     url = f"http://{http['host']}:{http['port']}"
     ready_url = url + str(doc["applications"][0].get("route_prefix", "/")).rstrip("/")
     names = [entry.get("name", "default") for entry in doc["applications"]]
+    running = _saved_state(settings)
+    if running.get("pid") and _alive(int(running["pid"])) and (detach or address is None):
+        # Another `up` would find its Ray (`auto`) and replace its applications, or lose track of it.
+        raise FmtradeError(
+            f"a detached service already runs at {running['url']} (pid {running['pid']}); "
+            "stop it first with `fmtrade serve down`"
+        )
     on_cluster = _connect(address)
     if detach and not on_cluster:
         pid = _spawn_detached(settings, file, http["host"], http["port"], fmtrade_config, ready_timeout_s)

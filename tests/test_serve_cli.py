@@ -45,6 +45,16 @@ def test_up_detached_status_forecast_down(tmp_path: Path, port: int, isolated_ho
         status = _fmtrade("serve", "status", "--json")
         assert status.returncode == 0, status.stderr[-2000:]
         assert json.loads(status.stdout)["running"] is True
+        human = _fmtrade("serve", "status")
+        assert human.returncode == 0, human.stderr[-2000:]
+        assert human.stdout.splitlines()[:3] == [f"url: {started['url']}", f"pid {started['pid']}: running",
+                                                 "  random-walk: ok"]  # fmt: skip
+        again = _fmtrade("serve", "up", "--detach", "--config", str(config), "--port", str(port + 1))
+        assert again.returncode == 2
+        assert again.stderr.strip().splitlines()[-1] == (
+            f"error: a detached service already runs at {started['url']} (pid {started['pid']}); "
+            "stop it first with `fmtrade serve down`"
+        )
         doc = forecast_remote(started["url"], context=[100.0, 101.0, 100.5, 102.0, 101.5, 103.0], horizon=3)
         assert list(doc["models"]) == ["random-walk"] and len(doc["ensemble"]["mean"]) == 3
         cli = _fmtrade("forecast", "--url", started["url"], "--symbol", "SYNUSDT", "--horizon", "4", "--context",

@@ -51,6 +51,14 @@ def status(address: str = ADDRESS_OPTION, json_out: bool = JSON_OPTION) -> None:
         emit_json(result)
         return
     typer.echo(f"url: {result['url'] or '-'}")
+    if "pid" in result:  # a detached local service: its process and its /readyz answer
+        typer.echo(f"pid {result['pid']}: {'running' if result['running'] else 'not running'}")
+        ready = result["ready"] or {}
+        if "error" in ready:
+            typer.echo(f"  /readyz: {ready['error']}")
+        for model, state in (ready.get("models") or {}).items():
+            typer.echo(f"  {model}: {state}")
+        return
     for name, application in result["applications"].items():
         typer.echo(f"{name}: {application['status']}")
         for dep, info in application["deployments"].items():
