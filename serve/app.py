@@ -50,7 +50,7 @@ def cpus_at_start(cfg: AppConfig, models: list[str]) -> float:
     """CPUs the replicas of the graph serving ``models`` reserve when it starts (initial replicas
     x ``num_cpus`` of every deployment): what a Ray must offer before the application is ready."""
     scalings = [cfg.options_for(name) for name in models] + [cfg.ensemble, cfg.ingress]
-    return sum(max(s.min_replicas, 1) * s.num_cpus for s in scalings)
+    return sum(s.initial_replicas * s.num_cpus for s in scalings)
 
 
 def build_graph(cfg: AppConfig, models: list[str]) -> Application:

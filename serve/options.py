@@ -41,6 +41,11 @@ class Scaling(_Strict):
             raise ValueError(f"min_replicas {self.min_replicas} exceeds max_replicas {self.max_replicas}")
         return self
 
+    @property
+    def initial_replicas(self) -> int:
+        """Replicas a deployment starts with (one even when it may scale to zero)."""
+        return max(self.min_replicas, 1)
+
     def deployment_options(self, name: str) -> dict[str, Any]:
         """Keyword arguments for ``Deployment.options``."""
         actor: dict[str, Any] = {"num_cpus": self.num_cpus, "num_gpus": self.num_gpus}
@@ -52,7 +57,7 @@ class Scaling(_Strict):
             "max_ongoing_requests": self.max_ongoing_requests,
             "autoscaling_config": {
                 "min_replicas": self.min_replicas,
-                "initial_replicas": max(self.min_replicas, 1),
+                "initial_replicas": self.initial_replicas,
                 "max_replicas": self.max_replicas,
                 "target_ongoing_requests": self.target_ongoing_requests,
             },

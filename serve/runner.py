@@ -110,7 +110,7 @@ def _connect(address: str | None) -> bool:
         init_ray(address or "auto")
     except ClusterUnreachable as exc:
         if address is not None:
-            raise FmtradeError(str(exc)) from None
+            raise  # an FmtradeError: one line naming the address
         log.warning("%s: not using it", exc)
         return False
     except ConnectionError:
