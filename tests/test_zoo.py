@@ -11,7 +11,7 @@ import pytest
 from fmtrade.config import load_settings
 from fmtrade.errors import InputError
 from fmtrade.models.registry import active_specs, build_forecaster
-from fmtrade.models.zoo import build_zoo, list_models, zoo_specs
+from fmtrade.models.zoo import RECIPE_FILE, ZOO_RECIPES, build_zoo, list_models, recipe_of, zoo_specs
 from tests.conftest import run_cli
 
 ZOO = ["chronos-fm-tiny", "chronos-bolt-fm-tiny", "chronos2-fm-tiny", "timesfm-fm-tiny", "lagllama-fm-tiny"]
@@ -85,6 +85,30 @@ def test_failed_post_build_publishes_nothing() -> None:
     with pytest.raises(RuntimeError, match="pretraining crashed"):
         build_zoo(settings, only=["lagllama-fm-tiny"], post_build=explode)
     assert list(settings.zoo_dir().iterdir()) == []
+
+
+def test_checkpoints_of_an_older_recipe_are_rebuilt_others_kept() -> None:
+    settings = load_settings()
+    names = ["chronos-fm-tiny", "lagllama-fm-tiny"]
+    build_zoo(settings, only=names)
+    zoo = settings.zoo_dir()
+    assert recipe_of(zoo / "chronos-fm-tiny") == ZOO_RECIPES["chronos"] == 2
+    for name in names:  # what a zoo built before the stamps looks like (Chronos T5: 512-bar context)
+        (zoo / name / RECIPE_FILE).unlink()
+    config = json.loads((zoo / "chronos-fm-tiny" / "config.json").read_text())
+    config["chronos_config"]["context_length"] = 512
+    (zoo / "chronos-fm-tiny" / "config.json").write_text(json.dumps(config))
+
+    rows = {row["name"]: row["status"] for row in build_zoo(settings, only=names)}
+    assert rows == {"chronos-fm-tiny": "rebuilt", "lagllama-fm-tiny": "exists"}
+    config = json.loads((zoo / "chronos-fm-tiny" / "config.json").read_text())
+    assert config["chronos_config"]["context_length"] == 128
+    assert recipe_of(zoo / "chronos-fm-tiny") == 2 and recipe_of(zoo / "lagllama-fm-tiny") == 1
+    assert {row["status"] for row in build_zoo(settings, only=names)} == {"exists"}
+
+    (zoo / "lagllama-fm-tiny" / RECIPE_FILE).write_text("{not json")  # a damaged stamp: rebuild
+    [row] = build_zoo(settings, only=["lagllama-fm-tiny"])
+    assert row["status"] == "rebuilt" and recipe_of(zoo / "lagllama-fm-tiny") == 1
 
 
 def test_bad_build_requests(capsys: pytest.CaptureFixture[str]) -> None:

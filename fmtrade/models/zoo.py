@@ -10,6 +10,7 @@ freshly built checkpoint before it is published.
 
 from __future__ import annotations
 
+import json
 import shutil
 import tempfile
 import time
@@ -33,6 +34,26 @@ SIZES = ("tiny", "small")
 
 #: Called as ``post_build(spec, checkpoint_dir)`` on a freshly built checkpoint before it is published.
 PostBuild = Callable[[ModelSpec, Path], None]
+
+#: Zoo recipe per family, bumped when a family's architecture or pretraining recipe changes so that
+#: ``build_zoo`` replaces checkpoints an older recipe built (an old Chronos T5 with its 512-bar
+#: context and 1e-3 learning rate forecast off the price scale). Unstamped checkpoints are recipe 1.
+ZOO_RECIPES: dict[str, int] = {"chronos": 2}
+RECIPE_FILE = "fmtrade-zoo.json"
+
+
+def recipe_of(checkpoint: Path) -> int:
+    """The zoo recipe that built ``checkpoint`` (1 when it carries no stamp, 0 when the stamp is unreadable)."""
+    try:
+        return int(json.loads((checkpoint / RECIPE_FILE).read_text())["recipe"])
+    except FileNotFoundError:
+        return 1
+    except (ValueError, KeyError, TypeError):
+        return 0
+
+
+def is_outdated(spec: ModelSpec, checkpoint: Path) -> bool:
+    return recipe_of(checkpoint) < ZOO_RECIPES.get(spec.family, 1)
 
 
 def zoo_specs(settings: Settings) -> list[ModelSpec]:
@@ -65,7 +86,8 @@ def build_zoo(
     force: bool = False,
     post_build: PostBuild | None = None,
 ) -> list[dict[str, Any]]:
-    """Build the zoo checkpoints (``only`` restricts by name); existing ones are kept unless ``force``.
+    """Build the zoo checkpoints (``only`` restricts by name); existing ones are kept unless ``force``
+    or an older family recipe built them (status ``rebuilt``).
 
     Each checkpoint is built (and post-processed) in a scratch directory beside the zoo
     and renamed into place, so a crash never leaves a half-written model behind.
@@ -87,7 +109,8 @@ def build_zoo(
     for spec in specs:
         target = Path(resolve_checkpoint(spec, settings) or "")
         row = {"name": spec.name, "family": spec.family, "checkpoint": str(target)}
-        if target.exists() and not force:
+        outdated = target.exists() and is_outdated(spec, target)
+        if target.exists() and not force and not outdated:
             report.append({**row, "status": "exists", "seconds": 0.0})
             continue
         builder = zoo_builder(spec.adapter)  # never None: zoo_specs keeps only families with a builder
@@ -97,10 +120,13 @@ def build_zoo(
             built = Path(builder(scratch / spec.name, size=size, seed=seed))
             if post_build is not None:
                 post_build(spec, built)
+            stamp = {"recipe": ZOO_RECIPES.get(spec.family, 1), "family": spec.family, "size": size, "seed": seed}
+            (built / RECIPE_FILE).write_text(json.dumps(stamp))
             publish_dir(built, target)
         finally:
             shutil.rmtree(scratch, ignore_errors=True)
-        report.append({**row, "status": "built", "seconds": round(time.perf_counter() - start, 2)})
+        status = "rebuilt" if outdated else "built"
+        report.append({**row, "status": status, "seconds": round(time.perf_counter() - start, 2)})
     return report
 
 
