@@ -11,7 +11,15 @@ import pytest
 from fmtrade.config import load_settings
 from fmtrade.errors import InputError
 from fmtrade.models.registry import active_specs, build_forecaster
-from fmtrade.models.zoo import RECIPE_FILE, ZOO_RECIPES, build_zoo, list_models, recipe_of, zoo_specs
+from fmtrade.models.zoo import (
+    RECIPE_FILE,
+    ZOO_RECIPES,
+    adapter_dir,
+    build_zoo,
+    list_models,
+    recipe_of,
+    zoo_specs,
+)
 from tests.conftest import run_cli
 
 ZOO = ["chronos-fm-tiny", "chronos-bolt-fm-tiny", "chronos2-fm-tiny", "timesfm-fm-tiny", "lagllama-fm-tiny"]
@@ -99,8 +107,20 @@ def test_checkpoints_of_an_older_recipe_are_rebuilt_others_kept() -> None:
     config["chronos_config"]["context_length"] = 512
     (zoo / "chronos-fm-tiny" / "config.json").write_text(json.dumps(config))
 
-    rows = {row["name"]: row["status"] for row in build_zoo(settings, only=names)}
-    assert rows == {"chronos-fm-tiny": "rebuilt", "lagllama-fm-tiny": "exists"}
+    for name in names:  # per-symbol LoRA adapters trained on those weights
+        adapter_dir(settings, name, "BTCUSDT").mkdir(parents=True)
+        (adapter_dir(settings, name, "BTCUSDT") / "adapter_config.json").write_text("{}")
+
+    report = {row["name"]: row for row in build_zoo(settings, only=names)}
+    assert {n: r["status"] for n, r in report.items()} == {"chronos-fm-tiny": "rebuilt", "lagllama-fm-tiny": "exists"}
+    # The rebuilt model's adapters no longer fit its weights: moved aside, so Serve uses the base model.
+    assert not adapter_dir(settings, "chronos-fm-tiny", "BTCUSDT").exists()
+    retired = Path(report["chronos-fm-tiny"]["adapters_retired"])
+    assert retired.parent == zoo / "adapters" and (retired / "BTCUSDT" / "adapter_config.json").is_file()
+    assert (
+        adapter_dir(settings, "lagllama-fm-tiny", "BTCUSDT").is_dir()
+        and "adapters_retired" not in report["lagllama-fm-tiny"]
+    )
     config = json.loads((zoo / "chronos-fm-tiny" / "config.json").read_text())
     assert config["chronos_config"]["context_length"] == 128
     assert recipe_of(zoo / "chronos-fm-tiny") == 2 and recipe_of(zoo / "lagllama-fm-tiny") == 1

@@ -11,6 +11,7 @@ freshly built checkpoint before it is published.
 from __future__ import annotations
 
 import json
+import logging
 import shutil
 import tempfile
 import time
@@ -29,6 +30,8 @@ from fmtrade.models.registry import (
     select_specs,
     zoo_builder,
 )
+
+log = logging.getLogger(__name__)
 
 SIZES = ("tiny", "small")
 
@@ -78,6 +81,19 @@ def publish_dir(build_dir: Path, target: Path) -> None:
         shutil.rmtree(old)
 
 
+def retire_adapters(settings: Settings, model: str) -> Path | None:
+    """Move ``model``'s LoRA adapters aside once its base checkpoint has been replaced: they were
+    trained on the old weights, and Serve would otherwise apply them to the new ones. Returns where
+    they went (``<zoo>/adapters/.<model>.retired-<ns>``), None when there were none."""
+    current = adapters_root(settings) / model
+    if not current.is_dir():
+        return None
+    retired = current.with_name(f".{model}.retired-{time.time_ns()}")
+    current.rename(retired)
+    log.warning("%s was rebuilt: its LoRA adapters were trained on the old weights, moved to %s", model, retired)
+    return retired
+
+
 def build_zoo(
     settings: Settings,
     only: Sequence[str] | None = None,
@@ -91,7 +107,9 @@ def build_zoo(
 
     Each checkpoint is built (and post-processed) in a scratch directory beside the zoo
     and renamed into place, so a crash never leaves a half-written model behind.
-    Returns one ``{"name", "family", "checkpoint", "status", "seconds"}`` per model.
+    A replaced checkpoint's LoRA adapters are retired (:func:`retire_adapters`).
+    Returns one ``{"name", "family", "checkpoint", "status", "seconds"}`` per model (plus
+    ``adapters_retired`` where adapters were moved aside).
     """
     if size not in SIZES:
         raise InputError("size", f"{size!r} is not one of {', '.join(SIZES)}")
@@ -109,8 +127,9 @@ def build_zoo(
     for spec in specs:
         target = Path(resolve_checkpoint(spec, settings) or "")
         row = {"name": spec.name, "family": spec.family, "checkpoint": str(target)}
-        outdated = target.exists() and is_outdated(spec, target)
-        if target.exists() and not force and not outdated:
+        replacing = target.exists()
+        outdated = replacing and is_outdated(spec, target)
+        if replacing and not force and not outdated:
             report.append({**row, "status": "exists", "seconds": 0.0})
             continue
         builder = zoo_builder(spec.adapter)  # never None: zoo_specs keeps only families with a builder
@@ -125,6 +144,9 @@ def build_zoo(
             publish_dir(built, target)
         finally:
             shutil.rmtree(scratch, ignore_errors=True)
+        retired = retire_adapters(settings, spec.name) if replacing else None
+        if retired is not None:
+            row["adapters_retired"] = str(retired)
         status = "rebuilt" if outdated else "built"
         report.append({**row, "status": status, "seconds": round(time.perf_counter() - start, 2)})
     return report
