@@ -14,6 +14,7 @@ from fmtrade.config import load_settings
 from fmtrade.data.corpus import CorpusParams
 from fmtrade.models.chronos import ChronosBoltForecaster
 from fmtrade.models.lagllama import LagLlamaForecaster
+from fmtrade.models.recipes import RECIPE_FILE
 from fmtrade.models.zoo import build_zoo
 from jobs.ray_runtime import init_ray
 from tests.conftest import run_cli
@@ -42,6 +43,8 @@ def test_pretrain_resumes_after_a_worker_dies_and_writes_a_loadable_checkpoint(t
     assert result["resumed_from"] == 3  # ... and the group restarted from the step-3 checkpoint
     assert result["steps"] == 12
     assert result["val_loss_last"] < result["val_loss_first"]
+    stamp = json.loads((Path(result["checkpoint"]) / RECIPE_FILE).read_text())  # zoo-loadable by its name
+    assert stamp == {"recipe": 1, "family": "lagllama", "size": "tiny", "seed": 0}
     model = LagLlamaForecaster("pretrained", result["checkpoint"], device="cpu", num_samples=20)
     forecast = model.forecast([np.linspace(100.0, 120.0, 800)], 24, seeds=[0])
     assert forecast.quantiles.shape == (1, 24, 9)

@@ -10,16 +10,10 @@ import pytest
 
 from fmtrade.config import load_settings
 from fmtrade.errors import InputError
+from fmtrade.models.checkpoints import ModelLoadError
+from fmtrade.models.recipes import RECIPE_FILE, ZOO_RECIPES, recipe_of
 from fmtrade.models.registry import active_specs, build_forecaster
-from fmtrade.models.zoo import (
-    RECIPE_FILE,
-    ZOO_RECIPES,
-    adapter_dir,
-    build_zoo,
-    list_models,
-    recipe_of,
-    zoo_specs,
-)
+from fmtrade.models.zoo import adapter_dir, build_zoo, list_models, zoo_specs
 from tests.conftest import run_cli
 
 ZOO = ["chronos-fm-tiny", "chronos-bolt-fm-tiny", "chronos2-fm-tiny", "timesfm-fm-tiny", "lagllama-fm-tiny"]
@@ -107,6 +101,11 @@ def test_checkpoints_of_an_older_recipe_are_rebuilt_others_kept() -> None:
     config["chronos_config"]["context_length"] = 512
     (zoo / "chronos-fm-tiny" / "config.json").write_text(json.dumps(config))
 
+    specs = {s.name: s for s in active_specs(settings)}
+    with pytest.raises(ModelLoadError, match=r"chronos-fm-tiny: .* zoo recipe 1 .* run `fmtrade models build`"):
+        build_forecaster(specs["chronos-fm-tiny"], settings)  # never served under the new weights
+    build_forecaster(specs["lagllama-fm-tiny"], settings)  # recipe 1 is current for Lag-Llama
+
     for name in names:  # per-symbol LoRA adapters trained on those weights
         adapter_dir(settings, name, "BTCUSDT").mkdir(parents=True)
         (adapter_dir(settings, name, "BTCUSDT") / "adapter_config.json").write_text("{}")
@@ -124,6 +123,7 @@ def test_checkpoints_of_an_older_recipe_are_rebuilt_others_kept() -> None:
     config = json.loads((zoo / "chronos-fm-tiny" / "config.json").read_text())
     assert config["chronos_config"]["context_length"] == 128
     assert recipe_of(zoo / "chronos-fm-tiny") == 2 and recipe_of(zoo / "lagllama-fm-tiny") == 1
+    assert build_forecaster(specs["chronos-fm-tiny"], settings).max_context == 128
     assert {row["status"] for row in build_zoo(settings, only=names)} == {"exists"}
 
     (zoo / "lagllama-fm-tiny" / RECIPE_FILE).write_text("{not json")  # a damaged stamp: rebuild

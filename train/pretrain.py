@@ -18,6 +18,7 @@ from typing import Any
 
 from fmtrade.data.corpus import CorpusParams, corpus_sources, parse_corpus
 from fmtrade.errors import InputError
+from fmtrade.models.recipes import stamp_recipe
 from fmtrade.models.registry import zoo_builder
 from fmtrade.models.zoo import SIZES
 from fmtrade.training import TrainingRun, check_family, load_for_training
@@ -87,6 +88,7 @@ def pretrain(params: PretrainParams, address: str | None = "local") -> dict[str,
             storage=params.storage, max_failures=params.max_failures,
         )  # fmt: skip
         checkpoint = publish_model(result.checkpoint, Path(params.out))
+        stamp_recipe(checkpoint, params.arch, params.size, params.seed)  # the zoo builder's architecture
     metrics = summary(result)
     return {
         "checkpoint": str(checkpoint), "arch": params.arch, "size": params.size, "steps": metrics["step"],

@@ -25,6 +25,7 @@ from fmtrade.config import Settings
 from fmtrade.errors import ConfigError, InputError
 from fmtrade.models.base import Forecaster
 from fmtrade.models.checkpoints import ModelLoadError
+from fmtrade.models.recipes import current_recipe, is_outdated, recipe_of
 
 
 @dataclass(frozen=True)
@@ -203,6 +204,12 @@ def resolve_checkpoint(spec: ModelSpec, settings: Settings) -> str | None:
     return ckpt
 
 
+def in_zoo(spec: ModelSpec, settings: Settings) -> bool:
+    """Whether ``spec``'s checkpoint is a directory directly inside the zoo (fmtrade builds those)."""
+    ckpt = resolve_checkpoint(spec, settings)
+    return bool(ckpt) and Path(ckpt).is_absolute() and Path(ckpt).resolve().parent == settings.zoo_dir().resolve()
+
+
 def is_hub_id(spec: ModelSpec, settings: Settings) -> bool:
     ckpt = resolve_checkpoint(spec, settings)
     return ckpt is not None and not Path(ckpt).is_absolute()
@@ -249,6 +256,14 @@ def build_forecaster(spec: ModelSpec, settings: Settings) -> Forecaster:
     """Instantiate ``spec`` (weights are loaded once, here, by the adapter)."""
     cls = adapter_class(spec.adapter)
     kwargs: dict[str, Any] = {"max_batch_size": spec.batch_size, "context_length": spec.context_length}
+    checkpoint = resolve_checkpoint(spec, settings)
     if ADAPTERS[spec.adapter].needs_checkpoint:
         kwargs.update(device=spec.device, dtype=spec.dtype)
-    return cls(spec.name, resolve_checkpoint(spec, settings), **kwargs, **spec.options)
+        built = Path(str(checkpoint))
+        if in_zoo(spec, settings) and built.is_dir() and is_outdated(spec.family, built):
+            raise ModelLoadError(
+                f"{spec.name}: {checkpoint} was built by zoo recipe {recipe_of(built)} of the "
+                f"{spec.family} family, which this version replaced (recipe {current_recipe(spec.family)}); "
+                "run `fmtrade models build` to rebuild it"
+            )
+    return cls(spec.name, checkpoint, **kwargs, **spec.options)

@@ -10,7 +10,6 @@ freshly built checkpoint before it is published.
 
 from __future__ import annotations
 
-import json
 import logging
 import shutil
 import tempfile
@@ -21,9 +20,11 @@ from typing import Any
 
 from fmtrade.config import Settings
 from fmtrade.errors import InputError
+from fmtrade.models.recipes import is_outdated, stamp_recipe
 from fmtrade.models.registry import (
     ModelSpec,
     active_specs,
+    in_zoo,
     is_available,
     is_hub_id,
     resolve_checkpoint,
@@ -38,36 +39,10 @@ SIZES = ("tiny", "small")
 #: Called as ``post_build(spec, checkpoint_dir)`` on a freshly built checkpoint before it is published.
 PostBuild = Callable[[ModelSpec, Path], None]
 
-#: Zoo recipe per family, bumped when a family's architecture or pretraining recipe changes so that
-#: ``build_zoo`` replaces checkpoints an older recipe built (an old Chronos T5 with its 512-bar
-#: context and 1e-3 learning rate forecast off the price scale). Unstamped checkpoints are recipe 1.
-ZOO_RECIPES: dict[str, int] = {"chronos": 2}
-RECIPE_FILE = "fmtrade-zoo.json"
-
-
-def recipe_of(checkpoint: Path) -> int:
-    """The zoo recipe that built ``checkpoint`` (1 when it carries no stamp, 0 when the stamp is unreadable)."""
-    try:
-        return int(json.loads((checkpoint / RECIPE_FILE).read_text())["recipe"])
-    except FileNotFoundError:
-        return 1
-    except (ValueError, KeyError, TypeError):
-        return 0
-
-
-def is_outdated(spec: ModelSpec, checkpoint: Path) -> bool:
-    return recipe_of(checkpoint) < ZOO_RECIPES.get(spec.family, 1)
-
 
 def zoo_specs(settings: Settings) -> list[ModelSpec]:
     """Specs of the active profile that fmtrade builds itself (checkpoint inside the zoo dir)."""
-    zoo = settings.zoo_dir().resolve()
-    out = []
-    for spec in active_specs(settings):
-        ckpt = resolve_checkpoint(spec, settings)
-        if spec.family != "baseline" and ckpt and Path(ckpt).is_absolute() and Path(ckpt).resolve().parent == zoo:
-            out.append(spec)
-    return out
+    return [spec for spec in active_specs(settings) if spec.family != "baseline" and in_zoo(spec, settings)]
 
 
 def publish_dir(build_dir: Path, target: Path) -> None:
@@ -128,7 +103,7 @@ def build_zoo(
         target = Path(resolve_checkpoint(spec, settings) or "")
         row = {"name": spec.name, "family": spec.family, "checkpoint": str(target)}
         replacing = target.exists()
-        outdated = replacing and is_outdated(spec, target)
+        outdated = replacing and is_outdated(spec.family, target)
         if replacing and not force and not outdated:
             report.append({**row, "status": "exists", "seconds": 0.0})
             continue
@@ -139,8 +114,7 @@ def build_zoo(
             built = Path(builder(scratch / spec.name, size=size, seed=seed))
             if post_build is not None:
                 post_build(spec, built)
-            stamp = {"recipe": ZOO_RECIPES.get(spec.family, 1), "family": spec.family, "size": size, "seed": seed}
-            (built / RECIPE_FILE).write_text(json.dumps(stamp))
+            stamp_recipe(built, spec.family, size, seed)
             publish_dir(built, target)
         finally:
             shutil.rmtree(scratch, ignore_errors=True)
