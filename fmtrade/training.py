@@ -47,6 +47,7 @@ from fmtrade.data.corpus import CorpusParams, corpus_sources, source_series, spl
 from fmtrade.errors import InputError
 from fmtrade.io import write_dir_atomic
 from fmtrade.models.base import Forecaster
+from fmtrade.models.recipes import zoo_pretrain_lr
 
 log = logging.getLogger(__name__)
 
@@ -490,12 +491,6 @@ def pretrain_in_place(checkpoint: Path, family: str, minutes: float, **kwargs: A
     return {**summary, "checkpoint": str(checkpoint)}
 
 
-#: Zoo pretraining learning rates that differ from the default 1e-3: Chronos T5's 4096-way token
-#: softmax moved too slowly at 1e-3 in minutes (2 minutes, 128-bar context: val loss 2.27 vs 1.72
-#: at 3e-3; BTC 2023 WQL 3.4x vs 2.7x the random walk, docs/RESULTS.md).
-ZOO_PRETRAIN_LR: dict[str, float] = {"chronos": 3e-3}
-
-
 def zoo_pretrainer(minutes: float, seed: int = 0) -> Callable[[Any, Path], None] | None:
     """A ``build_zoo`` post-build step that pretrains each new checkpoint in place for ``minutes``
     (None when ``minutes`` is 0: the zoo keeps its seeded initial weights)."""
@@ -503,7 +498,7 @@ def zoo_pretrainer(minutes: float, seed: int = 0) -> Callable[[Any, Path], None]
         return None
 
     def post_build(spec: Any, built: Path) -> None:
-        lr = ZOO_PRETRAIN_LR.get(spec.family, 1e-3)
+        lr = zoo_pretrain_lr(spec.family)
         log.info("%s pretrained: %s", spec.name, pretrain_in_place(built, spec.family, minutes, seed=seed, lr=lr))
 
     return post_build

@@ -204,8 +204,7 @@ def _deploying(apps: list[str]) -> Callable[[], None]:
         failed = [statuses[app] for app in apps if app in statuses and _text(statuses[app].status) == "DEPLOY_FAILED"]
         if failed:
             # Each failed deployment's message ends with its replicas' exception: the reason.
-            reasons = [f"{name}: {_last_line_of(dep.message)}" for app in failed
-                       for name, dep in app.deployments.items() if _text(dep.status) != "HEALTHY"]  # fmt: skip
+            reasons = [f"{name}: {_last_line_of(dep.message)}" for app in failed for name, dep in _unhealthy(app)]
             raise FmtradeError(f"the application failed to deploy ({'; '.join(reasons)})")
 
     return check
@@ -364,10 +363,14 @@ def _not_running(apps: list[str]) -> str:
         if app not in statuses:
             waiting.append(f"application {app} was not deployed")
             continue
-        for name, dep in statuses[app].deployments.items():
-            if _text(dep.status) != "HEALTHY":
-                waiting.append(f"{name} {_text(dep.status)}" + (f" ({dep.message})" if dep.message else ""))
+        for name, dep in _unhealthy(statuses[app]):
+            waiting.append(f"{name} {_text(dep.status)}" + (f" ({dep.message})" if dep.message else ""))
     return "; ".join(waiting) or "every deployment is healthy"
+
+
+def _unhealthy(app_status: Any) -> list[tuple[str, Any]]:
+    """(name, status) of an application's deployments that are not HEALTHY."""
+    return [(name, dep) for name, dep in app_status.deployments.items() if _text(dep.status) != "HEALTHY"]
 
 
 def _text(status: Any) -> str:
