@@ -12,6 +12,7 @@ from __future__ import annotations
 from typing import Any
 
 from pydantic import BaseModel, ConfigDict, Field, SecretStr, ValidationError, model_validator
+from ray.serve.config import DEFAULT_METRICS_INTERVAL_S
 
 from fmtrade.config import Settings, load_settings
 from fmtrade.errors import ConfigError
@@ -20,6 +21,12 @@ from fmtrade.models.base import MAX_QUANTILES
 
 class _Strict(BaseModel):
     model_config = ConfigDict(extra="forbid")
+
+
+# Callers report their load this often (Ray 2.60 deprecated the per-deployment setting); a shorter
+# look-back window would average fewer than one report, which Ray warns will become an error.
+LOAD_REPORT_INTERVAL_S = DEFAULT_METRICS_INTERVAL_S
+_REACTION = ("upscale_delay_s", "downscale_delay_s", "look_back_period_s")
 
 
 class Scaling(_Strict):
@@ -34,6 +41,13 @@ class Scaling(_Strict):
     target_ongoing_requests: float = Field(16.0, gt=0)
     max_ongoing_requests: int = Field(256, ge=1)
     runtime_env: dict[str, Any] | None = Field(None, description="Per-deployment Ray runtime_env (e.g. pip pins)")
+    # How fast the autoscaler reacts; unset keeps Ray's defaults (in brackets), which suit a
+    # cluster that adds nodes for new replicas. The load reports (LOAD_REPORT_INTERVAL_S) bound it.
+    upscale_delay_s: float | None = Field(None, ge=0, description="Seconds of high load before adding a replica [30]")
+    downscale_delay_s: float | None = Field(None, ge=0, description="Seconds of low load before removing one [600]")
+    look_back_period_s: float | None = Field(
+        None, gt=LOAD_REPORT_INTERVAL_S, description="Window the load is averaged over, s [30]"
+    )
 
     @model_validator(mode="after")
     def _replica_bounds(self) -> Scaling:
@@ -60,6 +74,7 @@ class Scaling(_Strict):
                 "initial_replicas": self.initial_replicas,
                 "max_replicas": self.max_replicas,
                 "target_ongoing_requests": self.target_ongoing_requests,
+                **{key: value for key in _REACTION if (value := getattr(self, key)) is not None},
             },
         }
 

@@ -10,6 +10,8 @@ from __future__ import annotations
 
 import json
 import math
+import threading
+import time
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
@@ -115,7 +117,7 @@ def service(tmp_path_factory: pytest.TempPathFactory) -> Iterator[dict[str, Any]
             serve.run(build_app(args), name="fmtrade", route_prefix="/", blocking=False)
             serve.run(build_app(secure), name="secure", route_prefix="/secure", blocking=False)
             with httpx.Client(base_url=f"http://127.0.0.1:{port}", timeout=120) as client:
-                yield {"client": client, "store": store, "url": f"http://127.0.0.1:{port}"}
+                yield {"client": client, "store": store, "url": f"http://127.0.0.1:{port}", "overrides": overrides}
         finally:
             serve.shutdown()
             ray.shutdown()
@@ -419,3 +421,61 @@ def test_symbol_requests_see_bars_committed_while_serving(client: httpx.Client, 
     after = client.post("/v1/forecast", json=body).json()
     assert after["last_value"] == 4242.0
     assert after["timestamps"] == [*first.json()["timestamps"][1:], after["timestamps"][-1]]
+
+
+def _replicas(client: httpx.Client, prefix: str, model: str) -> int:
+    listed = client.get(f"{prefix}/v1/models")
+    assert listed.status_code == 200, listed.text
+    return next(m["replicas"] for m in listed.json() if m["name"] == model)
+
+
+def _wait_for(predicate: Any, timeout_s: float, what: str) -> float:
+    start = time.monotonic()
+    while not predicate():
+        assert time.monotonic() - start < timeout_s, f"{what} did not happen within {timeout_s:g}s"
+        time.sleep(0.5)
+    return time.monotonic() - start
+
+
+def test_a_loaded_model_deployment_scales_out_and_back(client: httpx.Client, service: dict[str, Any]) -> None:
+    """Autoscaling from the serve config, end to end: calls held 0.25 s each (fault injection) by
+    8 HTTP clients keep 4 calls in flight at the model (2 per replica it may have) against a target
+    of 1, so Serve starts its second replica; when the load stops it goes back to one. Every
+    request is answered while replicas come and go."""
+    from serve.app import build_app
+
+    small = {"num_cpus": 0.1, "max_ongoing_requests": 64}
+    scaling = {"min_replicas": 1, "max_replicas": 2, "target_ongoing_requests": 1}
+    quick = {"upscale_delay_s": 0, "downscale_delay_s": 1, "look_back_period_s": 11}
+    args = {
+        "settings": service["overrides"],
+        "models": ["random-walk"],
+        "model_defaults": {**small, **scaling, **quick, "delay_s": 0.25},
+        "ensemble": small,
+        "ingress": small,
+    }
+    serve.run(build_app(args), name="scaling", route_prefix="/scaling", blocking=False)
+    body = {"context": _closes(service["store"], PLAIN, 64), "horizon": 4}
+    statuses: list[int] = []
+    stop = threading.Event()
+
+    def load() -> None:
+        with httpx.Client(base_url=service["url"], timeout=60) as own:
+            while not stop.is_set():
+                statuses.append(own.post("/scaling/v1/forecast", json=body).status_code)
+
+    workers = [threading.Thread(target=load) for _ in range(8)]
+    try:
+        assert _replicas(client, "/scaling", "random-walk") == 1
+        for worker in workers:
+            worker.start()
+        _wait_for(lambda: _replicas(client, "/scaling", "random-walk") == 2, 90, "scaling out to 2 replicas")
+        time.sleep(2)  # both replicas serve for a while
+        stop.set()
+        for worker in workers:
+            worker.join()
+        _wait_for(lambda: _replicas(client, "/scaling", "random-walk") == 1, 90, "scaling back to 1 replica")
+    finally:
+        stop.set()
+        serve.delete("scaling")
+    assert len(statuses) > 20 and set(statuses) == {200}

@@ -58,6 +58,22 @@ def test_deployment_options_carry_resources_batching_and_autoscaling() -> None:
     assert pinned.options_for("naive").in_flight_per_caller() == 1
 
 
+def test_autoscaler_reaction_times_pass_through_when_set() -> None:
+    from ray.serve.config import AutoscalingConfig
+
+    unset = AppConfig.parse({}).options_for("naive").deployment_options("model-naive")["autoscaling_config"]
+    assert not {"upscale_delay_s", "downscale_delay_s", "look_back_period_s"} & set(unset)
+    fast = {"upscale_delay_s": 0, "downscale_delay_s": 5, "look_back_period_s": 12}
+    cfg = AppConfig.parse({"model_options": {"naive": fast}, "ingress": {"downscale_delay_s": 60}})
+    scaling = cfg.options_for("naive").deployment_options("model-naive")["autoscaling_config"]
+    assert {k: scaling[k] for k in fast} == fast
+    assert AutoscalingConfig(**scaling).downscale_delay_s == 5  # Ray accepts what fmtrade hands it
+    assert cfg.ingress.deployment_options("api")["autoscaling_config"]["downscale_delay_s"] == 60
+    # Shorter than the 10 s between load reports: Ray warns it will become an error.
+    with pytest.raises(ConfigError, match="model_options.naive: look_back_period_s: Input should be greater than 10"):
+        AppConfig.parse({"model_options": {"naive": {"look_back_period_s": 2}}}).options_for("naive")
+
+
 def test_token_from_config_or_environment(monkeypatch: pytest.MonkeyPatch) -> None:
     assert AppConfig.parse({}).token(load_settings()) is None
     monkeypatch.setenv("FMTRADE_API_TOKEN", "from-env")
