@@ -479,3 +479,60 @@ def test_a_loaded_model_deployment_scales_out_and_back(client: httpx.Client, ser
         stop.set()
         serve.delete("scaling")
     assert len(statuses) > 20 and set(statuses) == {200}
+
+
+def _replica_names(app: str, deployment: str) -> set[str]:
+    from ray.util import list_named_actors
+
+    prefix = f"SERVE_REPLICA::{app}#{deployment}#"
+    return {a["name"] for a in list_named_actors(all_namespaces=True) if a["name"].startswith(prefix)}
+
+
+def test_a_killed_model_replica_is_replaced_while_the_ensemble_answers(
+    client: httpx.Client, service: dict[str, Any]
+) -> None:
+    """A model replica's process dies under load (``ray.kill``: what an OOM kill does). Every
+    request still gets a 200 from the ensemble (the dead member reported failed where its call was
+    lost), and Serve starts a new replica that answers."""
+    from serve.app import build_app
+
+    small = {"num_cpus": 0.1, "max_ongoing_requests": 64}
+    args = {
+        "settings": service["overrides"],
+        "models": ["random-walk", "naive"],
+        "model_defaults": small,
+        "ensemble": {**small, "timeout_s": 5.0},
+        "ingress": small,
+    }
+    serve.run(build_app(args), name="chaos", route_prefix="/chaos", blocking=False)
+    body = {"context": _closes(service["store"], PLAIN, 64), "horizon": 4}
+    answers: list[httpx.Response] = []
+    stop = threading.Event()
+
+    def load() -> None:
+        with httpx.Client(base_url=service["url"], timeout=60) as own:
+            while not stop.is_set():
+                answers.append(own.post("/chaos/v1/forecast", json=body))
+
+    workers = [threading.Thread(target=load) for _ in range(4)]
+    try:
+        (victim,) = _replica_names("chaos", "model-naive")
+        for worker in workers:
+            worker.start()
+        _wait_for(lambda: len(answers) >= 20, 60, "20 answers before the kill")
+        ray.kill(ray.get_actor(victim, namespace="serve"), no_restart=True)
+        _wait_for(lambda: _replica_names("chaos", "model-naive") - {victim}, 90, "a replacement replica")
+        _wait_for(lambda: _replicas(client, "/chaos", "naive") == 1, 90, "the replacement running")
+        killed_at = len(answers)
+        _wait_for(lambda: len(answers) >= killed_at + 20, 60, "20 answers after the replacement")
+        stop.set()
+        for worker in workers:
+            worker.join()
+        after = client.post("/chaos/v1/forecast", json=body)
+    finally:
+        stop.set()
+        serve.delete("chaos")
+    assert {a.status_code for a in answers} == {200}, {a.status_code: a.text for a in answers}
+    docs = [a.json() for a in answers]
+    assert all("random-walk" in d["models"] and set(d["failed"]) <= {"naive"} for d in docs)
+    assert after.status_code == 200 and set(after.json()["models"]) == {"random-walk", "naive"}, after.text
