@@ -13,6 +13,7 @@ import math
 import threading
 import time
 from collections.abc import Iterator
+from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
 
@@ -429,12 +430,34 @@ def _replicas(client: httpx.Client, prefix: str, model: str) -> int:
     return next(m["replicas"] for m in listed.json() if m["name"] == model)
 
 
-def _wait_for(predicate: Any, timeout_s: float, what: str) -> float:
+def _wait_for(predicate: Any, timeout_s: float, what: str) -> None:
     start = time.monotonic()
     while not predicate():
         assert time.monotonic() - start < timeout_s, f"{what} did not happen within {timeout_s:g}s"
         time.sleep(0.5)
-    return time.monotonic() - start
+
+
+@contextmanager
+def _load(url: str, path: str, body: dict[str, Any], clients: int) -> Iterator[list[httpx.Response]]:
+    """``clients`` threads posting ``body`` to ``path`` back to back until the block ends; the
+    yielded list collects their answers as they come."""
+    answers: list[httpx.Response] = []
+    stop = threading.Event()
+
+    def post() -> None:
+        with httpx.Client(base_url=url, timeout=60) as own:
+            while not stop.is_set():
+                answers.append(own.post(path, json=body))
+
+    workers = [threading.Thread(target=post) for _ in range(clients)]
+    for worker in workers:
+        worker.start()
+    try:
+        yield answers
+    finally:
+        stop.set()
+        for worker in workers:
+            worker.join()
 
 
 def test_a_loaded_model_deployment_scales_out_and_back(client: httpx.Client, service: dict[str, Any]) -> None:
@@ -456,29 +479,15 @@ def test_a_loaded_model_deployment_scales_out_and_back(client: httpx.Client, ser
     }
     serve.run(build_app(args), name="scaling", route_prefix="/scaling", blocking=False)
     body = {"context": _closes(service["store"], PLAIN, 64), "horizon": 4}
-    statuses: list[int] = []
-    stop = threading.Event()
-
-    def load() -> None:
-        with httpx.Client(base_url=service["url"], timeout=60) as own:
-            while not stop.is_set():
-                statuses.append(own.post("/scaling/v1/forecast", json=body).status_code)
-
-    workers = [threading.Thread(target=load) for _ in range(8)]
     try:
         assert _replicas(client, "/scaling", "random-walk") == 1
-        for worker in workers:
-            worker.start()
-        _wait_for(lambda: _replicas(client, "/scaling", "random-walk") == 2, 90, "scaling out to 2 replicas")
-        time.sleep(2)  # both replicas serve for a while
-        stop.set()
-        for worker in workers:
-            worker.join()
+        with _load(service["url"], "/scaling/v1/forecast", body, clients=8) as answers:
+            _wait_for(lambda: _replicas(client, "/scaling", "random-walk") == 2, 90, "scaling out to 2 replicas")
+            time.sleep(2)  # both replicas serve for a while
         _wait_for(lambda: _replicas(client, "/scaling", "random-walk") == 1, 90, "scaling back to 1 replica")
     finally:
-        stop.set()
         serve.delete("scaling")
-    assert len(statuses) > 20 and set(statuses) == {200}
+    assert len(answers) > 20 and {a.status_code for a in answers} == {200}
 
 
 def _replica_names(app: str, deployment: str) -> set[str]:
@@ -506,31 +515,17 @@ def test_a_killed_model_replica_is_replaced_while_the_ensemble_answers(
     }
     serve.run(build_app(args), name="chaos", route_prefix="/chaos", blocking=False)
     body = {"context": _closes(service["store"], PLAIN, 64), "horizon": 4}
-    answers: list[httpx.Response] = []
-    stop = threading.Event()
-
-    def load() -> None:
-        with httpx.Client(base_url=service["url"], timeout=60) as own:
-            while not stop.is_set():
-                answers.append(own.post("/chaos/v1/forecast", json=body))
-
-    workers = [threading.Thread(target=load) for _ in range(4)]
     try:
         (victim,) = _replica_names("chaos", "model-naive")
-        for worker in workers:
-            worker.start()
-        _wait_for(lambda: len(answers) >= 20, 60, "20 answers before the kill")
-        ray.kill(ray.get_actor(victim, namespace="serve"), no_restart=True)
-        _wait_for(lambda: _replica_names("chaos", "model-naive") - {victim}, 90, "a replacement replica")
-        _wait_for(lambda: _replicas(client, "/chaos", "naive") == 1, 90, "the replacement running")
-        killed_at = len(answers)
-        _wait_for(lambda: len(answers) >= killed_at + 20, 60, "20 answers after the replacement")
-        stop.set()
-        for worker in workers:
-            worker.join()
+        with _load(service["url"], "/chaos/v1/forecast", body, clients=4) as answers:
+            _wait_for(lambda: len(answers) >= 20, 60, "20 answers before the kill")
+            ray.kill(ray.get_actor(victim, namespace="serve"), no_restart=True)
+            _wait_for(lambda: _replica_names("chaos", "model-naive") - {victim}, 90, "a replacement replica")
+            _wait_for(lambda: _replicas(client, "/chaos", "naive") == 1, 90, "the replacement running")
+            replaced_at = len(answers)
+            _wait_for(lambda: len(answers) >= replaced_at + 20, 60, "20 answers after the replacement")
         after = client.post("/chaos/v1/forecast", json=body)
     finally:
-        stop.set()
         serve.delete("chaos")
     assert {a.status_code for a in answers} == {200}, {a.status_code: a.text for a in answers}
     docs = [a.json() for a in answers]
