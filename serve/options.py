@@ -11,7 +11,7 @@ from __future__ import annotations
 
 from typing import Any
 
-from pydantic import BaseModel, ConfigDict, Field, SecretStr, ValidationError, model_validator
+from pydantic import BaseModel, ConfigDict, Field, SecretStr, ValidationError, field_validator, model_validator
 from ray.serve.config import DEFAULT_METRICS_INTERVAL_S
 
 from fmtrade.config import Settings, load_settings
@@ -45,9 +45,14 @@ class Scaling(_Strict):
     # cluster that adds nodes for new replicas. The load reports (LOAD_REPORT_INTERVAL_S) bound it.
     upscale_delay_s: float | None = Field(None, ge=0, description="Seconds of high load before adding a replica [30]")
     downscale_delay_s: float | None = Field(None, ge=0, description="Seconds of low load before removing one [600]")
-    look_back_period_s: float | None = Field(
-        None, gt=LOAD_REPORT_INTERVAL_S, description="Window the load is averaged over, s [30]"
-    )
+    look_back_period_s: float | None = Field(None, description="Window the load is averaged over, s [30]")
+
+    @field_validator("look_back_period_s")
+    @classmethod
+    def _spans_load_reports(cls, value: float | None) -> float | None:
+        if value is not None and value <= LOAD_REPORT_INTERVAL_S:
+            raise ValueError(f"must exceed the {LOAD_REPORT_INTERVAL_S:g} s between Ray's load reports, got {value:g}")
+        return value
 
     @model_validator(mode="after")
     def _replica_bounds(self) -> Scaling:
