@@ -112,6 +112,22 @@ def test_chronos_samples_are_per_row_reproducible(forecasters: dict) -> None:
     assert not np.array_equal(shuffled.mean[1], shuffled.mean[3])  # another seed, another sample
 
 
+def test_chronos_without_seeds_draws_per_series(forecasters: dict) -> None:
+    """Without seeds each row is seeded from its own values: a series gets the same answer in any
+    batch, and a scaled copy (the same tokens after Chronos's mean scaling) gets other draws. One
+    seed shared by every row made the copy's forecast the original's times the scale, draw for draw,
+    as equal seeds still do (checked last, so the middle assertion can tell the two apart)."""
+    model = forecasters["chronos"]
+    base = _prices(128, 11)
+    batch = model.forecast([_prices(90, 12), base, 2.0 * base], 10)
+    alone = model.forecast([base], 10)
+    np.testing.assert_array_equal(alone.mean[0], batch.mean[1])
+    np.testing.assert_array_equal(alone.quantiles[0], batch.quantiles[1])
+    assert not np.allclose(batch.mean[2], 2.0 * batch.mean[1])
+    shared = model.forecast([base, 2.0 * base], 10, seeds=[5, 5])
+    np.testing.assert_allclose(shared.mean[1], 2.0 * shared.mean[0], rtol=1e-5)
+
+
 def test_chronos_encodes_each_context_once(forecasters: dict) -> None:
     # The sample paths share one encoder pass per row; only the decoder runs rows x num_samples.
     model = forecasters["chronos"]

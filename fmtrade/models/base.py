@@ -17,6 +17,7 @@ a forecast whose lowest level is 0.01 or 0.05.
 from __future__ import annotations
 
 import abc
+import hashlib
 import math
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
@@ -179,6 +180,16 @@ def impute_forward(context: np.ndarray) -> np.ndarray:
     return trimmed[idx]
 
 
+def context_seed(context: np.ndarray) -> int:
+    """A sampling seed from a context's values: the same series always gets the same draws (a
+    repeated request, the same answer), different series get independent ones. One fixed seed
+    for every row gave every forecast the same draws: one unlucky draw then put the Chronos T5
+    zoo model's +1 h sample mean 9.5% of the price below its median on 126 of 128 BTC windows
+    (10 of 128 differ by over 2% with a seed per window)."""
+    digest = hashlib.blake2b(np.ascontiguousarray(context, dtype=np.float64).tobytes(), digest_size=4).digest()
+    return int.from_bytes(digest, "little")
+
+
 class Forecaster(abc.ABC):
     """A model that forecasts a batch of series. Subclasses implement ``_predict``."""
 
@@ -212,7 +223,8 @@ class Forecaster(abc.ABC):
         """Forecast every context ``horizon`` steps ahead.
 
         ``seeds`` (one per row) make sampling models reproducible per row, independent
-        of batch composition; deterministic models ignore them.
+        of batch composition; deterministic models ignore them. Without them each row is
+        seeded from its own values (:func:`context_seed`).
         """
         levels = check_quantile_levels(quantile_levels)
         horizon = self._check_horizon(horizon)
@@ -224,7 +236,7 @@ class Forecaster(abc.ABC):
         if seeds is not None and len(seeds) != len(rows):
             raise InputError("seeds", f"expected {len(rows)} seeds (one per context), got {len(seeds)}")
         covs = [self._check_covariates(c, i, rows[i].size) for i, c in enumerate(covariates or [None] * len(rows))]
-        row_seeds = [int(s) for s in seeds] if seeds is not None else [0] * len(rows)
+        row_seeds = [int(s) for s in seeds] if seeds is not None else [context_seed(r) for r in rows]
         means, quants = [], []
         step = max(1, int(self.max_batch_size))
         for start in range(0, len(rows), step):
