@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import subprocess
+import sys
 from pathlib import Path
 
 import huggingface_hub.constants
@@ -218,3 +220,14 @@ def test_bfloat16_runs_close_to_float32(family: str, zoo: dict[str, Path], forec
     assert bf16.module.dtype == torch.bfloat16
     rows = _mixed_batch()
     np.testing.assert_allclose(bf16.forecast(rows, 8).mean, forecasters[family].forecast(rows, 8).mean, rtol=0.05)
+
+
+def test_loading_off_a_terminal_prints_no_progress_bar(zoo: dict[str, Path]) -> None:
+    """Where stderr is a log file (Ray workers, Serve replicas) a model load prints no progress bar."""
+    load = (
+        "from fmtrade.models.chronos import ChronosBoltForecaster; "
+        f"ChronosBoltForecaster('bolt', {str(zoo['chronos-bolt'])!r})"
+    )
+    done = subprocess.run([sys.executable, "-c", load], capture_output=True, text=True, timeout=300)
+    assert done.returncode == 0, done.stderr[-2000:]
+    assert "Loading weights" not in done.stderr, done.stderr[-2000:]

@@ -7,6 +7,7 @@ into a message that points at the offline zoo instead of falling back silently.
 
 from __future__ import annotations
 
+import sys
 from collections.abc import Callable
 from pathlib import Path
 from typing import TYPE_CHECKING, TypeVar
@@ -29,6 +30,16 @@ def is_local(checkpoint: str) -> bool:
     return path.exists() or checkpoint.startswith((".", "/", "~"))
 
 
+def _progress_bars_only_on_a_terminal() -> None:
+    """Ray workers and Serve replicas write stderr to log files, where the progress bar of every
+    model load (transformers' "Loading weights", hub downloads) is a line of noise per replica
+    that the driver echoes; a terminal keeps its bars."""
+    if not sys.stderr.isatty():
+        from transformers.utils import logging as hf_logging
+
+        hf_logging.disable_progress_bar()
+
+
 def load_with_hint(checkpoint: str, loader: Callable[[str], T], model: str) -> T:
     """Run ``loader(checkpoint)``; on failure raise ModelLoadError saying what to do."""
     local = is_local(checkpoint)
@@ -37,6 +48,7 @@ def load_with_hint(checkpoint: str, loader: Callable[[str], T], model: str) -> T
         raise ModelLoadError(
             f"{model}: checkpoint directory {source} does not exist; build the local zoo with `fmtrade models build`"
         )
+    _progress_bars_only_on_a_terminal()
     try:
         return loader(source)
     except (OSError, ValueError, RuntimeError) as exc:
