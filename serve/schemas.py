@@ -15,7 +15,8 @@ from pydantic import BaseModel, ConfigDict, Field, field_validator, model_valida
 from fmtrade.data.intervals import BYBIT_INTERVALS, CATEGORIES
 from fmtrade.models.base import DEFAULT_QUANTILES
 
-FiniteFloat = Annotated[float, Field(allow_inf_nan=False)]
+# Strict: a JSON number only. Lax parsing would read `true` as the price 1.0 and "101.5" as 101.5.
+FiniteFloat = Annotated[float, Field(allow_inf_nan=False, strict=True)]
 Symbol = Annotated[str, Field(min_length=1, max_length=40, pattern=r"^[A-Za-z0-9]+$")]
 
 

@@ -38,6 +38,14 @@ def test_errors_name_the_field_under_body() -> None:
     assert _errors(ForecastRequest, b"") == [("json_invalid", ("body",))]
     assert _errors(ForecastRequest, b"[1, 2]") == [("model_type", ("body",))]
     assert _errors(ForecastRequest, b'{"context": [1.0], "horizn": 3}') == [("extra_forbidden", ("body", "horizn"))]
+    # Only JSON numbers are prices: neither a boolean nor a numeric string is read as one.
+    assert _errors(ForecastRequest, b'{"context": [1.0, true, "2.5"]}') == [
+        ("float_type", ("body", "context", 1)),
+        ("float_type", ("body", "context", 2)),
+    ]
+    assert _errors(ForecastRequest, b'{"context": [1.0], "quantiles": ["0.5"]}') == [
+        ("float_type", ("body", "quantiles", 0))
+    ]
 
 
 class _NoBackend:
