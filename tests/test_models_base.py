@@ -2,11 +2,13 @@
 
 from __future__ import annotations
 
+import math
+
 import numpy as np
 import pytest
 
 from fmtrade.errors import InputError
-from fmtrade.models.base import Forecast, Forecaster, impute_forward
+from fmtrade.models.base import Forecast, Forecaster, impute_forward, magnitude_exponent
 
 
 class LastValueSpread(Forecaster):
@@ -73,6 +75,36 @@ def test_var_and_es_from_a_uniform_return_distribution() -> None:
     np.testing.assert_allclose(fc.value_at_risk(0.99), [0.098], atol=1e-12)  # linear tail beyond 0.05
     np.testing.assert_allclose(fc.expected_shortfall(0.95), [0.095], atol=1e-9)  # mean of U[-0.1, -0.09]
     assert (fc.expected_shortfall(0.99) >= fc.value_at_risk(0.99)).all()
+
+
+class RangedLastValue(LastValueSpread):
+    """LastValueSpread that only handles mean |value| in [1, 1024) and records what it was given."""
+
+    working_range = (1.0, 1024.0)
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.seen: list[np.ndarray] = []
+
+    def _predict(self, contexts, horizon, quantile_levels, covariates, seeds):
+        self.seen.extend(c.copy() for c in contexts)
+        return super()._predict(contexts, horizon, quantile_levels, covariates, seeds)
+
+
+def test_contexts_outside_the_working_range_are_scaled_by_a_power_of_two() -> None:
+    model = RangedLastValue()
+    contexts = [[3e-9, np.nan, 5e-9, 4e-9], [2e12, 3e12, 2.5e12], [10.0, 11.0, 12.0], [0.0, 0.0, 0.0]]
+    fc = model.forecast(contexts, horizon=3, quantile_levels=[0.1, 0.5, 0.9])
+    factors = [np.nanmax(seen / np.array(ctx)) for seen, ctx in zip(model.seen[:3], contexts[:3], strict=True)]
+    assert [math.frexp(f)[0] for f in factors] == [0.5, 0.5, 0.5]  # powers of two
+    assert factors[2] == 1.0 and (model.seen[3] == 0.0).all()  # in range, or all zero: untouched
+    assert all(1.0 <= np.nanmean(np.abs(seen)) < 1024.0 for seen in model.seen[:3])
+    np.testing.assert_array_equal(fc.last_values, [4e-9, 2.5e12, 12.0, 0.0])  # the caller's units
+    np.testing.assert_array_equal(fc.mean[:, 0], fc.last_values)  # scaled back exactly
+    for values in ([3e-9, np.nan, 5e-9], [1e300, 1.7e308], [5e-324, 1e-320], [-1e20, 1e20], [0.5, 2000.0]):
+        arr = np.array(values)
+        k = magnitude_exponent(arr, model.working_range)
+        assert 1.0 <= np.nanmean(np.abs(np.ldexp(arr, k))) < 1024.0, values
 
 
 def test_take_and_concat_round_trip() -> None:

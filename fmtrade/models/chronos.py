@@ -51,7 +51,7 @@ from transformers.modeling_outputs import BaseModelOutput
 
 from fmtrade.errors import InputError
 from fmtrade.io import write_dir_atomic
-from fmtrade.models.base import Covariates, Forecaster, check_constructor_args
+from fmtrade.models.base import NEURAL_WORKING_RANGE, Covariates, Forecaster, check_constructor_args
 from fmtrade.models.checkpoints import ModelLoadError, apply_lora_adapter, load_with_hint
 from fmtrade.models.device import resolve_device, resolve_dtype
 
@@ -82,6 +82,7 @@ class _ChronosFamily(Forecaster):
     """Loading, device placement, LoRA adapters and native-quantile handling shared by the family."""
 
     pipeline_class: ClassVar[type[BaseChronosPipeline]]
+    working_range = NEURAL_WORKING_RANGE
     lora_target_modules: ClassVar[tuple[str, ...]] = LORA_TARGET_MODULES
 
     def __init__(

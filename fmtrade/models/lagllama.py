@@ -49,7 +49,7 @@ from torch import nn
 
 from fmtrade.errors import InputError
 from fmtrade.io import write_dir_atomic, write_json_atomic
-from fmtrade.models.base import Covariates, Forecaster, check_constructor_args
+from fmtrade.models.base import NEURAL_WORKING_RANGE, Covariates, Forecaster, check_constructor_args
 from fmtrade.models.checkpoints import apply_lora_adapter, load_with_hint
 from fmtrade.models.device import resolve_device, resolve_dtype
 
@@ -445,6 +445,7 @@ class LagLlamaForecaster(Forecaster):
     """
 
     family = "lagllama"
+    working_range = NEURAL_WORKING_RANGE
     stochastic = True
     min_context = 2
     lora_target_modules: ClassVar[tuple[str, ...]] = LORA_TARGET_MODULES

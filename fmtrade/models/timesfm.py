@@ -44,7 +44,13 @@ from timesfm.torch.normalization import RMSNorm
 
 from fmtrade.errors import InputError
 from fmtrade.io import write_dir_atomic
-from fmtrade.models.base import Covariates, Forecaster, check_constructor_args, interpolate_quantiles
+from fmtrade.models.base import (
+    NEURAL_WORKING_RANGE,
+    Covariates,
+    Forecaster,
+    check_constructor_args,
+    interpolate_quantiles,
+)
 from fmtrade.models.checkpoints import apply_lora_adapter, load_with_hint
 from fmtrade.models.device import resolve_device, resolve_dtype
 
@@ -198,6 +204,7 @@ class TimesFMForecaster(Forecaster):
     """
 
     family = "timesfm"
+    working_range = NEURAL_WORKING_RANGE
     lora_target_modules: ClassVar[tuple[str, ...]] = LORA_TARGET_MODULES
 
     def __init__(
