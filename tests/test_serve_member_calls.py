@@ -2,8 +2,10 @@
 
 The end-to-end behaviour (through real Serve replicas) is in test_serve_api.py; here the
 stand-in records each call so the rules are checked exactly: a lone request leaves at once,
-requests that wait for a slot leave together, calls never mix adapters or exceed the row cap,
-and a late call is cancelled.
+requests that wait for a slot leave together (oldest first, newest first once the oldest has
+used half its budget), calls never mix adapters or exceed the row cap or their requests' time
+budget, a request that cannot be answered in what is left of its budget is shed without being
+sent, and a late call is cancelled.
 """
 
 from __future__ import annotations
@@ -92,21 +94,79 @@ def test_waiting_requests_leave_together_per_adapter_within_the_row_cap() -> Non
     asyncio.run(scenario())
 
 
+def test_once_the_oldest_has_used_half_its_budget_the_newest_leave_first() -> None:
+    async def scenario() -> None:
+        handle = _Handle()
+        sender = MemberSender(handle, max_rows=2, max_in_flight=1, timeout_s=1.0)  # type: ignore[arg-type]
+        quick = asyncio.ensure_future(sender.send(_call(0)))
+        await _settle()
+        handle.calls[0].release.set()
+        assert await quick == "None:0.0"  # calls are measured as quick
+        busy = asyncio.ensure_future(sender.send(_call(9)))
+        await _settle()
+        old = [asyncio.ensure_future(sender.send(_call(v))) for v in (1, 2)]
+        await asyncio.sleep(0.6)  # 1 and 2 have 0.4 s of their 1 s left
+        new = [asyncio.ensure_future(sender.send(_call(v))) for v in (3, 4)]
+        await _settle()
+        handle.calls[1].release.set()
+        assert await busy == "None:9.0"
+        await _settle()
+        assert [float(r.contexts[0][0]) for r in handle.calls[2].requests] == [4.0, 3.0]
+        handle.calls[2].release.set()
+        await _settle()
+        assert [float(r.contexts[0][0]) for r in handle.calls[3].requests] == [2.0, 1.0]
+        handle.calls[3].release.set()
+        assert await asyncio.gather(*old, *new) == ["None:1.0", "None:2.0", "None:3.0", "None:4.0"]
+
+    asyncio.run(scenario())
+
+
 def test_late_call_is_cancelled_and_abandoned_requests_are_skipped() -> None:
     async def scenario() -> None:
         handle = _Handle()
-        sender = MemberSender(handle, max_rows=8, max_in_flight=1, timeout_s=0.05)  # type: ignore[arg-type]
+        sender = MemberSender(handle, max_rows=8, max_in_flight=1, timeout_s=0.2)  # type: ignore[arg-type]
         late = asyncio.ensure_future(sender.send(_call(0)))
         await _settle()
+        await asyncio.sleep(0.1)
         gave_up = asyncio.ensure_future(sender.send(_call(1)))
         waiting = asyncio.ensure_future(sender.send(_call(2)))
         await _settle()
         gave_up.cancel()  # its caller's own time budget ran out while it waited
-        assert await late == "timed out after 0.05s"
+        assert await late == "timed out after 0.2s"
         assert handle.calls[0].cancelled
         await _settle()
+        # Nothing in flight: the waiting request leaves with what is left of its budget.
         assert [float(r.contexts[0][0]) for r in handle.calls[1].requests] == [2.0]
         handle.calls[1].release.set()
         assert await waiting == "None:2.0"
+
+    asyncio.run(scenario())
+
+
+def test_requests_that_cannot_be_answered_in_their_budget_are_shed_unsent() -> None:
+    async def scenario() -> None:
+        handle = _Handle()
+        sender = MemberSender(handle, max_rows=8, max_in_flight=2, timeout_s=1.0)  # type: ignore[arg-type]
+        first = asyncio.ensure_future(sender.send(_call(0)))
+        await asyncio.sleep(0.4)
+        handle.calls[0].release.set()
+        assert await first == "None:0.0"
+        assert sender.seconds_per_row is not None and sender.seconds_per_row >= 0.4  # one series, >= 0.4 s
+        busy = asyncio.ensure_future(sender.send(_call(1)))  # stays in flight
+        await _settle()
+        # 3 series at >= 0.4 s each cannot be answered within 1 s: shed at once, never sent.
+        too_big = await sender.send(_call(2, rows=3))
+        assert too_big.startswith("shed: ") and "of its 1s budget left" in too_big
+        kept = asyncio.ensure_future(sender.send(_call(3)))  # fits: takes the second slot
+        aged = asyncio.ensure_future(sender.send(_call(4)))  # waits for a slot
+        await _settle()
+        assert [float(c.requests[0].contexts[0][0]) for c in handle.calls] == [0.0, 1.0, 3.0]
+        await asyncio.sleep(0.7)  # 4 now has <= 0.3 s left, less than a call takes
+        handle.calls[2].release.set()
+        assert await kept == "None:3.0"
+        assert (await aged).startswith("shed: ")
+        assert len(handle.calls) == 3  # neither shed request reached the replica
+        handle.calls[1].release.set()
+        await busy
 
     asyncio.run(scenario())
