@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import json
+import subprocess
+import sys
 from pathlib import Path
 
 import numpy as np
@@ -152,3 +154,16 @@ def test_hub_profile_lists_hub_ids_unavailable_offline(monkeypatch: pytest.Monke
     assert rows["chronos-bolt-small"]["source"] == "hub" and not rows["chronos-bolt-small"]["available"]
     assert rows["random-walk"]["available"]
     assert zoo_specs(settings) == []  # nothing to build for the hub profile
+
+
+def test_building_off_a_terminal_prints_no_progress_bar(isolated_home: Path) -> None:
+    """Where stderr is a log (make demo piped, CI, a Ray job) a build saves without transformers'
+    shard-writing bar."""
+    build = (
+        "from fmtrade.config import load_settings; from fmtrade.models.zoo import build_zoo; "
+        "print(build_zoo(load_settings(), only=['chronos-bolt-fm-tiny'])[0]['status'])"
+    )
+    done = subprocess.run([sys.executable, "-c", build], capture_output=True, text=True, timeout=300)
+    assert done.returncode == 0, done.stderr[-2000:]
+    assert done.stdout.strip() == "built"
+    assert "Writing model shards" not in done.stderr, done.stderr[-2000:]

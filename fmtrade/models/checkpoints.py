@@ -30,10 +30,10 @@ def is_local(checkpoint: str) -> bool:
     return path.exists() or checkpoint.startswith((".", "/", "~"))
 
 
-def _progress_bars_only_on_a_terminal() -> None:
+def progress_bars_only_on_a_terminal() -> None:
     """Ray workers and Serve replicas write stderr to log files, where the progress bar of every
-    model load (transformers' "Loading weights", hub downloads) is a line of noise per replica
-    that the driver echoes; a terminal keeps its bars."""
+    model load or save (transformers' "Loading weights", "Writing model shards", hub downloads)
+    is a line of noise per replica that the driver echoes; a terminal keeps its bars."""
     if not sys.stderr.isatty():
         from transformers.utils import logging as hf_logging
 
@@ -48,7 +48,7 @@ def load_with_hint(checkpoint: str, loader: Callable[[str], T], model: str) -> T
         raise ModelLoadError(
             f"{model}: checkpoint directory {source} does not exist; build the local zoo with `fmtrade models build`"
         )
-    _progress_bars_only_on_a_terminal()
+    progress_bars_only_on_a_terminal()
     try:
         return loader(source)
     except (OSError, ValueError, RuntimeError) as exc:

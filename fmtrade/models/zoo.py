@@ -20,6 +20,7 @@ from typing import Any
 
 from fmtrade.config import Settings
 from fmtrade.errors import InputError
+from fmtrade.models.checkpoints import progress_bars_only_on_a_terminal
 from fmtrade.models.recipes import is_outdated, stamp_recipe
 from fmtrade.models.registry import (
     ModelSpec,
@@ -98,6 +99,7 @@ def build_zoo(
         specs = select_specs(specs, only, field="only")
     zoo = settings.zoo_dir()
     zoo.mkdir(parents=True, exist_ok=True)
+    progress_bars_only_on_a_terminal()  # every build saves with transformers' shard-writing bar
     report = []
     for spec in specs:
         target = Path(resolve_checkpoint(spec, settings) or "")
