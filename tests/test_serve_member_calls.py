@@ -4,8 +4,8 @@ The end-to-end behaviour (through real Serve replicas) is in test_serve_api.py; 
 stand-in records each call so the rules are checked exactly: a lone request leaves at once,
 requests that wait for a slot leave together (oldest first, newest first once the oldest has
 used half its budget), calls never mix adapters or exceed the row cap or their requests' time
-budget, a request that cannot be answered in what is left of its budget is shed without being
-sent, and a late call is cancelled.
+budget, a request that cannot be answered in what is left of its budget (counting the wait for a
+slot) is shed without being sent, and a late call is cancelled.
 """
 
 from __future__ import annotations
@@ -168,5 +168,26 @@ def test_requests_that_cannot_be_answered_in_their_budget_are_shed_unsent() -> N
         assert len(handle.calls) == 3  # neither shed request reached the replica
         handle.calls[1].release.set()
         await busy
+
+    asyncio.run(scenario())
+
+
+def test_a_request_that_would_wait_past_its_budget_for_a_slot_is_shed_at_once() -> None:
+    async def scenario() -> None:
+        handle = _Handle()
+        sender = MemberSender(handle, max_rows=8, max_in_flight=1, timeout_s=1.0)  # type: ignore[arg-type]
+        first = asyncio.ensure_future(sender.send(_call(0)))
+        await asyncio.sleep(0.3)
+        handle.calls[0].release.set()
+        assert await first == "None:0.0"  # one series: >= 0.3 s
+        busy = asyncio.ensure_future(sender.send(_call(1, rows=3)))  # expected to end in >= 0.9 s
+        await _settle()
+        # The only slot frees in ~0.9 s and a call then takes ~0.3 s: more than 1 s, shed unsent.
+        began = asyncio.get_running_loop().time()
+        shed = await sender.send(_call(2))
+        assert shed.startswith("shed: ") and asyncio.get_running_loop().time() - began < 0.1
+        assert len(handle.calls) == 2
+        handle.calls[1].release.set()
+        assert await busy == "None:1.0"
 
     asyncio.run(scenario())
