@@ -46,6 +46,7 @@ import statistics
 import sys
 import tempfile
 import time
+from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -53,10 +54,10 @@ from typing import Any
 import numpy as np
 import torch
 
-from fmtrade.config import load_settings
+from fmtrade.config import Settings, load_settings
 from fmtrade.data.store import Store
 from fmtrade.data.synthetic import SyntheticSpec, synthesize
-from fmtrade.models.registry import active_specs, build_forecaster, is_available, select_specs
+from fmtrade.models.registry import ModelSpec, active_specs, build_forecaster, is_available, select_specs
 from fmtrade.models.zoo import build_zoo
 
 HORIZON = 24
@@ -98,6 +99,18 @@ def build_load(pool: list[list[float]], series: int, model: str) -> Load:
     return Load(model, series, "/v1/forecast/batch", bodies)
 
 
+async def closed_loop(clients: int, client: Callable[[int, Any], Awaitable[None]]) -> float:
+    """Run ``client(i, session)`` for ``i`` in ``range(clients)`` concurrently, on one aiohttp session
+    with a keep-alive connection per client; the seconds they took."""
+    import aiohttp
+
+    timeout = aiohttp.ClientTimeout(total=120)
+    async with aiohttp.ClientSession(connector=aiohttp.TCPConnector(limit=clients), timeout=timeout) as http:
+        began = time.perf_counter()
+        await asyncio.gather(*(client(i, http) for i in range(clients)))
+        return time.perf_counter() - began
+
+
 async def drive(url: str, clients: int, duration: float, load: Load) -> dict[str, Any]:
     """``clients`` concurrent closed-loop clients for ``duration`` seconds."""
     import aiohttp
@@ -125,11 +138,7 @@ async def drive(url: str, clients: int, duration: float, load: Load) -> dict[str
             first = doc["results"][0] if load.series > 1 else doc
             batch_sizes.append(first["models"][load.model]["batch_size"])
 
-    timeout = aiohttp.ClientTimeout(total=120)
-    async with aiohttp.ClientSession(connector=aiohttp.TCPConnector(limit=clients), timeout=timeout) as http:
-        began = time.perf_counter()
-        await asyncio.gather(*(client(i, http) for i in range(clients)))
-        elapsed = time.perf_counter() - began
+    elapsed = await closed_loop(clients, client)
     ms = np.array(latencies) * 1000.0
     return {
         "clients": clients,
@@ -142,6 +151,17 @@ async def drive(url: str, clients: int, duration: float, load: Load) -> dict[str
         "p99_ms": float(np.percentile(ms, 99)) if ms.size else None,
         "mean_batch": statistics.fmean(batch_sizes) if batch_sizes else 0.0,
     }
+
+
+def bench_home(model: str, size: str) -> tuple[Path, Settings, ModelSpec]:
+    """A throwaway FMTRADE_HOME (exported for the replicas) holding ``model``'s zoo checkpoint."""
+    home = Path(tempfile.mkdtemp(prefix="fmtrade-serve-bench-"))
+    os.environ["FMTRADE_HOME"] = str(home)
+    settings = load_settings(None, {"home": str(home)})
+    spec = select_specs(active_specs(settings), [model])[0]
+    if not is_available(spec, settings):
+        build_zoo(settings, only=[model], size=size)
+    return home, settings, spec
 
 
 def direct_rate(model: Any, pool: list[list[float]], batch: int, seconds: float) -> float:
@@ -270,12 +290,7 @@ def main() -> None:
     from serve.app import build_app
     from serve.runner import start_local_ray
 
-    home = Path(tempfile.mkdtemp(prefix="fmtrade-serve-bench-"))
-    os.environ["FMTRADE_HOME"] = str(home)
-    settings = load_settings(None, {"home": str(home)})
-    spec = select_specs(active_specs(settings), [args.model])[0]
-    if not is_available(spec, settings):
-        build_zoo(settings, only=[args.model], size=args.size)
+    home, settings, spec = bench_home(args.model, args.size)
     pool = contexts(256, args.context)
     if args.symbols:  # two years of hourly bars per symbol, in the store the replicas read
         names = [f"SYN{i}USDT" for i in range(args.symbols)]

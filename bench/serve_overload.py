@@ -24,7 +24,6 @@ import asyncio
 import json
 import os
 import sys
-import tempfile
 import time
 from collections import Counter
 from pathlib import Path
@@ -33,11 +32,7 @@ from typing import Any
 import numpy as np
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from serve_load import HORIZON, LEVELS, contexts, server_cpu_s  # noqa: E402  (bench/ is not a package)
-
-from fmtrade.config import load_settings  # noqa: E402
-from fmtrade.models.registry import active_specs, is_available, select_specs  # noqa: E402
-from fmtrade.models.zoo import build_zoo  # noqa: E402
+from serve_load import HORIZON, LEVELS, bench_home, closed_loop, contexts, server_cpu_s  # noqa: E402  (bench/ is not a package)
 
 APP = "overload"
 
@@ -76,11 +71,7 @@ async def drive(url: str, clients: int, duration: float, bodies: list[bytes], sl
             latencies.append(time.perf_counter() - began)
             fates[outcome(doc, slow)] += 1
 
-    timeout = aiohttp.ClientTimeout(total=120)
-    async with aiohttp.ClientSession(connector=aiohttp.TCPConnector(limit=clients), timeout=timeout) as http:
-        began = time.perf_counter()
-        await asyncio.gather(*(client(i, http) for i in range(clients)))
-        elapsed = time.perf_counter() - began
+    elapsed = await closed_loop(clients, client)
     ms = np.array(latencies) * 1000.0
     return {
         "clients": clients,
@@ -113,12 +104,7 @@ def main() -> None:
     from serve.app import build_app
     from serve.runner import start_local_ray
 
-    home = Path(tempfile.mkdtemp(prefix="fmtrade-overload-bench-"))
-    os.environ["FMTRADE_HOME"] = str(home)
-    settings = load_settings(None, {"home": str(home)})
-    spec = select_specs(active_specs(settings), [args.slow])[0]
-    if not is_available(spec, settings):
-        build_zoo(settings, only=[args.slow], size="tiny")
+    home, _, _ = bench_home(args.slow, "tiny")
     bodies = [
         json.dumps({"context": c, "horizon": HORIZON, "quantiles": LEVELS, "models": [args.fast, args.slow]}).encode()
         for c in contexts(256, args.context)
