@@ -497,6 +497,41 @@ def _replica_names(app: str, deployment: str) -> set[str]:
     return {a["name"] for a in list_named_actors(all_namespaces=True) if a["name"].startswith(prefix)}
 
 
+def test_a_member_slower_than_its_load_answers_what_it_can_and_sheds_the_rest(
+    client: httpx.Client, service: dict[str, Any]
+) -> None:
+    """A member that takes 1 s per call, one call at a time, under 6 closed-loop clients with a 2 s
+    budget: the ensemble keeps answering with the fast member, the slow one still answers some
+    requests in time, and the requests it could not answer in time are shed by the caller without
+    being sent (serve.member_calls) rather than left to time out."""
+    from serve.app import build_app
+
+    small = {"num_cpus": 0.1, "max_ongoing_requests": 64}
+    args = {
+        "settings": service["overrides"],
+        "models": ["random-walk", "late"],
+        "model_defaults": small,
+        "model_options": {"late": {"delay_s": 1.0, "max_batch_size": 1, "calls_per_caller": 1}},
+        "ensemble": {**small, "timeout_s": 2.0},
+        "ingress": small,
+    }
+    serve.run(build_app(args), name="overload", route_prefix="/overload", blocking=False)
+    body = {"context": _closes(service["store"], PLAIN, 64), "horizon": 4, "models": ["random-walk", "late"]}
+    try:
+        _wait_for(lambda: client.post("/overload/v1/forecast", json=body).status_code == 200, 60, "the app answering")
+        with _load(service["url"], "/overload/v1/forecast", body, clients=6) as answers:
+            _wait_for(lambda: len(answers) >= 30, 60, "30 answers")
+    finally:
+        serve.delete("overload")
+    assert {a.status_code for a in answers} == {200}, {a.status_code: a.text for a in answers}
+    docs = [a.json() for a in answers]
+    assert all("random-walk" in d["models"] for d in docs)
+    reasons = [d["failed"]["late"] for d in docs if "late" in d["failed"]]
+    assert any("late" in d["models"] for d in docs), reasons
+    assert sum(r.startswith("shed: ") for r in reasons) >= len(docs) // 2, reasons
+    assert all(r.startswith(("shed: ", "timed out")) for r in reasons), reasons
+
+
 def test_a_killed_model_replica_is_replaced_while_the_ensemble_answers(
     client: httpx.Client, service: dict[str, Any]
 ) -> None:
