@@ -19,7 +19,7 @@ up is cancelled, which drops it from the replica's batch queue if it has not sta
 the oldest waiting request has used half its budget, the queue is served newest first, so calls
 carry the requests with the most budget left. Below that point it stays oldest first: served
 newest first at all times, a member that keeps up on average left its oldest requests waiting
-until their budget ran out (batching off, 64 clients: p99 8.7 s and ~50 failed requests).
+until their budget ran out (batching off, 64 clients: p99 8.7 s and 45-48 failed requests per 10 s).
 
 Ray's ``@serve.batch`` is not used for this side: it closes a batch when its wait expires,
 whatever is in flight, and at a few hundred requests/s a wait of milliseconds collects almost

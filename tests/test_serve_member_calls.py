@@ -32,9 +32,14 @@ class _Response:
     def __await__(self):
         return self._answer().__await__()
 
+    @property
+    def values(self) -> list[float]:
+        """The value each carried request's context is filled with (which request it is)."""
+        return [float(r.contexts[0][0]) for r in self.requests]
+
     async def _answer(self) -> list[Any]:
         await self.release.wait()
-        return [f"{self.adapter}:{float(r.contexts[0][0])}" for r in self.requests]
+        return [f"{self.adapter}:{value}" for value in self.values]
 
     def cancel(self) -> None:
         self.cancelled = True
@@ -81,11 +86,11 @@ def test_waiting_requests_leave_together_per_adapter_within_the_row_cap() -> Non
         assert await first == "None:0.0"
         await _settle()
         # Oldest first; same adapter only; at most 4 rows (1 + 2 + 1), the rest wait.
-        assert [float(r.contexts[0][0]) for r in handle.calls[1].requests] == [1.0, 3.0, 4.0]
+        assert handle.calls[1].values == [1.0, 3.0, 4.0]
         for expected in ([2.0], [5.0]):
             handle.calls[-1].release.set()
             await _settle()
-            assert [float(r.contexts[0][0]) for r in handle.calls[-1].requests] == expected
+            assert handle.calls[-1].values == expected
         assert handle.calls[2].adapter == "A"
         assert handle.calls[3].requests[0].rows == 9  # larger than the cap: travels alone
         handle.calls[-1].release.set()
@@ -111,10 +116,10 @@ def test_once_the_oldest_has_used_half_its_budget_the_newest_leave_first() -> No
         handle.calls[1].release.set()
         assert await busy == "None:9.0"
         await _settle()
-        assert [float(r.contexts[0][0]) for r in handle.calls[2].requests] == [4.0, 3.0]
+        assert handle.calls[2].values == [4.0, 3.0]
         handle.calls[2].release.set()
         await _settle()
-        assert [float(r.contexts[0][0]) for r in handle.calls[3].requests] == [2.0, 1.0]
+        assert handle.calls[3].values == [2.0, 1.0]
         handle.calls[3].release.set()
         assert await asyncio.gather(*old, *new) == ["None:1.0", "None:2.0", "None:3.0", "None:4.0"]
 
@@ -136,7 +141,7 @@ def test_late_call_is_cancelled_and_abandoned_requests_are_skipped() -> None:
         assert handle.calls[0].cancelled
         await _settle()
         # Nothing in flight: the waiting request leaves with what is left of its budget.
-        assert [float(r.contexts[0][0]) for r in handle.calls[1].requests] == [2.0]
+        assert handle.calls[1].values == [2.0]
         handle.calls[1].release.set()
         assert await waiting == "None:2.0"
 
@@ -160,7 +165,7 @@ def test_requests_that_cannot_be_answered_in_their_budget_are_shed_unsent() -> N
         kept = asyncio.ensure_future(sender.send(_call(3)))  # fits: takes the second slot
         aged = asyncio.ensure_future(sender.send(_call(4)))  # waits for a slot
         await _settle()
-        assert [float(c.requests[0].contexts[0][0]) for c in handle.calls] == [0.0, 1.0, 3.0]
+        assert [c.values[0] for c in handle.calls] == [0.0, 1.0, 3.0]
         await asyncio.sleep(0.7)  # 4 now has <= 0.3 s left, less than a call takes
         handle.calls[2].release.set()
         assert await kept == "None:3.0"
