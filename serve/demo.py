@@ -39,7 +39,12 @@ def forecast_via_service(
     interval: str = "60",
 ) -> list[dict[str, Any]]:
     """Serve ``models`` (default: every enabled, built model) over ``store`` on a free local port,
-    POST ``/v1/forecast`` for each symbol over HTTP, then shut the service down."""
+    POST ``/v1/forecast`` for each symbol over HTTP, then shut the service down.
+
+    With no Ray running it starts a local one and stops it at the end, Serve with it;
+    ``serve.shutdown()`` is left for a caller's Ray, since in Ray 2.60 it prints a
+    "graceful_shutdown failed ... will be retried" warning for its own controller on every stop.
+    """
     args = {
         "settings": {"home": str(settings.home), "data": {"store": store}, "models": settings.models.model_dump()},
         "models": list(models) if models else None,
@@ -61,9 +66,10 @@ def forecast_via_service(
                 for symbol in symbols
             ]  # fmt: skip
     finally:
-        ray_serve.shutdown()
         if started_ray:
             ray.shutdown()
+        else:
+            ray_serve.shutdown()
 
 
 def interval_rows(docs: Sequence[dict[str, Any]]) -> list[dict[str, Any]]:

@@ -304,7 +304,11 @@ def _interrupt(signum: int, frame: Any) -> None:
 
 
 def serve_forever() -> None:
-    """Foreground ``up``: keep the embedded Ray alive until Ctrl-C or SIGTERM, then shut down."""
+    """Foreground ``up``: keep the embedded Ray alive until Ctrl-C or SIGTERM, then shut down.
+
+    Stopping the embedded Ray stops Serve with it; ``serve.shutdown()`` first would only add Ray
+    2.60's "graceful_shutdown failed ... will be retried" warning for its own controller.
+    """
     signal.signal(signal.SIGTERM, _interrupt)
     try:
         while True:
@@ -312,7 +316,6 @@ def serve_forever() -> None:
     except KeyboardInterrupt:
         pass
     finally:
-        ray_serve.shutdown()
         ray.shutdown()
 
 

@@ -19,6 +19,8 @@ def test_demo_runs_data_models_backtest_and_serve(isolated_home: Path, tmp_path:
         capture_output=True, text=True, timeout=900,
     )  # fmt: skip
     assert done.returncode == 0, done.stderr[-3000:]
+    # a clean run prints no traceback and no warning forwarded from Ray's own processes
+    assert "Traceback" not in done.stderr and "(raylet)" not in done.stderr, done.stderr[-3000:]
     report = json.loads(done.stdout)
     symbols = ["SYNAUSDT", "SYNBUSDT", "SYNCUSDT"]
 

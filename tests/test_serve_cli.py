@@ -69,6 +69,8 @@ def test_up_detached_status_forecast_down(tmp_path: Path, port: int, isolated_ho
         down = _fmtrade("serve", "down", "--json")
     assert down.returncode == 0, down.stderr[-2000:]
     assert json.loads(down.stdout)["stopped"] is True
+    log = (isolated_home / "serve" / "serve.log").read_text()
+    assert "Traceback" not in log and "(raylet)" not in log, log[-2000:]  # it stopped cleanly
 
 
 def test_a_start_that_cannot_finish_says_why_and_leaves_nothing_running(

@@ -38,6 +38,8 @@ def demo(
     as_json: bool = JSON_OPTION,
 ) -> None:
     """Synthetic market -> replay server -> Bybit client -> store -> zoo -> Ray backtest -> Ray Serve."""
+    import ray
+
     from fmtrade.demo import CATEGORY, DEMO_SYMBOLS, INTERVAL, run_demo
     from fmtrade.models.zoo import build_zoo
     from fmtrade.training import zoo_pretrainer
@@ -59,7 +61,7 @@ def demo(
         report["zoo"] = build_zoo(cfg, seed=seed, post_build=zoo_pretrainer(pretrain_minutes, seed))
         _show(as_json, report["zoo"], ["name", "family", "status", "seconds"], f"2. model zoo {cfg.zoo_dir()}")
 
-        start_local_ray()  # one embedded Ray for the backtest and the service
+        start_local_ray()  # the backtest's; the service step starts and stops its own (see forecast_via_service)
         end = min(pd.Timestamp(s.last) for s in data.series)  # exclusive: the last stored bar ends the run
         start = end.floor("D") - pd.Timedelta(days=backtest_days)
         job = prepare(
@@ -70,6 +72,7 @@ def demo(
         report["backtest"] = {"out": str(path), "report": str(path / "report.html"), "summary": run.summary}
         period = f"{job.config.start:%Y-%m-%d} .. {job.config.end:%Y-%m-%d}"
         _show(as_json, run.summary, SUMMARY_COLUMNS, f"3. backtest {period} (report {path / 'report.html'})")
+        ray.shutdown()
 
         if serve_step:
             from serve.demo import forecast_via_service, interval_rows
