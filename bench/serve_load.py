@@ -351,8 +351,7 @@ def main() -> None:
                           f"errors={run['errors']} cpu_ms/req={run['cpu_ms_per_request']} "
                           f"cpu-bound rps={run['cpu_bound_rps']:.0f}", file=sys.stderr)  # fmt: skip
     finally:
-        serve.shutdown()
-        ray.shutdown()
+        ray.shutdown()  # the embedded Ray, Serve with it (see serve.runner.serve_forever)
 
     runs = {key: median_run(results["runs"], *key) for key in itertools.product(("on", "off"), levels)}
     ratios = {c: paired_ratios(results["runs"], c) for c in levels}

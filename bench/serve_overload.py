@@ -139,8 +139,7 @@ def main() -> None:
             print(f"clients={clients:>3} rps={run['rps']:6.1f} p50={run['p50_ms']:.0f}ms p99={run['p99_ms']:.0f}ms "
                   f"slow member: {run['slow']}", file=sys.stderr)  # fmt: skip
     finally:
-        serve.shutdown()
-        ray.shutdown()
+        ray.shutdown()  # the embedded Ray, Serve with it (see serve.runner.serve_forever)
 
     light, heavy = runs[0], runs[-1]
     ratio = heavy["slow_in_time_per_s"] / light["slow_in_time_per_s"] if light["slow_in_time_per_s"] else None
