@@ -247,7 +247,7 @@ def up(
     http["port"] = int(port or http.get("port") or settings.serve.port)
     url = f"http://{http['host']}:{http['port']}"
     ready_url = url + str(doc["applications"][0].get("route_prefix", "/")).rstrip("/")
-    names = [entry.get("name", "default") for entry in doc["applications"]]
+    names = application_names(doc)
     running = _saved_state(settings)
     if running.get("pid") and _alive(int(running["pid"])) and (detach or address is None):
         # Another `up` would find its Ray (`auto`) and replace its applications, or lose track of it.
@@ -380,9 +380,17 @@ def _text(status: Any) -> str:
     return str(getattr(status, "value", status))
 
 
-def down(settings: Settings, address: str | None = None, timeout_s: float = 60.0) -> dict[str, Any]:
-    """Stop a detached local service (SIGTERM, it shuts Serve and Ray down), or delete the
-    applications from the cluster."""
+def down(
+    settings: Settings, address: str | None = None, timeout_s: float = 60.0, config: str | None = None
+) -> dict[str, Any]:
+    """Stop a detached local service (SIGTERM: its embedded Ray stops, Serve with it), or delete
+    fmtrade's applications from the cluster.
+
+    On a cluster only the applications that ``up`` recorded (else those named in the config file)
+    are deleted: other applications and Serve itself keep running there. ``serve.shutdown()``
+    would take every application down, and in Ray 2.60 prints a "graceful_shutdown failed ... will
+    be retried" warning for its own controller.
+    """
     state = _saved_state(settings)
     if state.get("pid") and address is None:
         pid = int(state["pid"])
@@ -395,10 +403,30 @@ def down(settings: Settings, address: str | None = None, timeout_s: float = 60.0
                 raise FmtradeError(f"the service process {pid} did not stop within {timeout_s:g}s")
         state_path(settings).unlink(missing_ok=True)
         return {"stopped": True, "url": state["url"]}
+    recorded = state.get("applications") or []
+    names = application_names(read_config(config, settings)[1]) if config or not recorded else recorded
     if not _connect(address):
         state_path(settings).unlink(missing_ok=True)
         return {"stopped": False, "reason": "no fmtrade service or Ray cluster is running"}
-    ray_serve.shutdown()
-    ray.shutdown()
-    state_path(settings).unlink(missing_ok=True)
-    return {"stopped": True, "url": state.get("url")}
+    try:
+        running = ray_serve.status().applications
+        deleted = [name for name in names if name in running]
+        for name in deleted:
+            ray_serve.delete(name)
+    finally:
+        ray.shutdown()
+    if not any(name in running and name not in deleted for name in recorded):
+        state_path(settings).unlink(missing_ok=True)  # what `up` recorded no longer runs
+    if not deleted:
+        listed = ", ".join(running) or "none"
+        return {
+            "stopped": False,
+            "reason": f"no application named {', '.join(names)} runs on the cluster (running: {listed}); "
+            "--config names the file they were deployed from",
+        }
+    return {"stopped": True, "url": state.get("url"), "applications": deleted}
+
+
+def application_names(doc: dict[str, Any]) -> list[str]:
+    """The application names of a Serve config document (Serve's default name when one has none)."""
+    return [entry.get("name", "default") for entry in doc["applications"]]

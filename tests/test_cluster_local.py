@@ -103,8 +103,8 @@ def test_serve_config_deploys_unchanged_on_a_two_node_cluster(tmp_path: Path, is
         assert all(d["replicas"].get("RUNNING", 0) >= 1 for d in deployments.values())
         down = _fmtrade("serve", "down", "--address", cluster.address, "--json", env=ray_env())
         assert down.returncode == 0, down.stderr[-2000:]
-        with pytest.raises(httpx.HTTPError):
-            httpx.get(f"{url}/healthz", timeout=5)
+        assert json.loads(down.stdout)["applications"] == ["fmtrade"]  # the packaged file's (`serve deploy`)
+        assert httpx.get(f"{url}/healthz", timeout=5).status_code == 404  # Serve stays, the application is gone
         # A graph the cluster cannot place (64 GPUs): `fmtrade serve up` gives up after its timeout
         # and says the application stays on the cluster (an autoscaler could still place it).
         args = doc["applications"][0]["args"]
@@ -117,6 +117,59 @@ def test_serve_config_deploys_unchanged_on_a_two_node_cluster(tmp_path: Path, is
         assert "not running: model-naive UPDATING" in last and "the applications stay on the cluster" in last
         down = _fmtrade("serve", "down", "--address", cluster.address, "--json", env=ray_env())
         assert down.returncode == 0, down.stderr[-2000:]
+        assert json.loads(down.stdout)["applications"] == ["fmtrade"]
+    finally:
+        stopped = cluster.down()
+    assert stopped > 0 and cluster.processes() == []
+
+
+def test_serve_down_deletes_only_fmtrades_applications_from_a_cluster(tmp_path: Path, isolated_home: Path) -> None:
+    """Two applications deployed by ``fmtrade serve up --address`` from two config files (``up``
+    returns once ready; it used to go on in the foreground until Ctrl-C). ``down --config`` deletes
+    the named file's application and leaves the other one and Serve answering; ``down`` then
+    deletes the one ``up`` recorded last. It used to shut Serve down on the whole cluster, with
+    Ray's "graceful_shutdown failed" warning on the terminal."""
+    port = free_port()
+    url = f"http://127.0.0.1:{port}"
+
+    def config(name: str, prefix: str) -> str:
+        small = {"num_cpus": 0.1}
+        app = {"models": ["random-walk"], "model_defaults": small, "ensemble": small, "ingress": small}
+        path = tmp_path / f"{name}.yaml"
+        path.write_text(yaml.safe_dump({
+            "http_options": {"host": "127.0.0.1", "port": port},
+            "applications": [{"name": name, "import_path": "serve.app:build_app", "route_prefix": prefix, "args": app}],
+        }))  # fmt: skip
+        return str(path)
+
+    first, second = config("fmtrade", "/"), config("other", "/other")
+    cluster = LocalCluster(workers=0, cpus_per_node=2, gcs_port=free_port(), dashboard_port=free_port())
+    cluster.up()
+    try:
+        for file in (first, second):
+            up = _fmtrade("serve", "up", "--address", cluster.address, "--config", file, "--json", env=ray_env())
+            assert up.returncode == 0, up.stderr[-2000:]
+        assert httpx.get(f"{url}/readyz").status_code == httpx.get(f"{url}/other/readyz").status_code == 200
+
+        down = _fmtrade("serve", "down", "--address", cluster.address, "--config", first, "--json", env=ray_env())
+        assert down.returncode == 0, down.stderr[-2000:]
+        assert json.loads(down.stdout)["applications"] == ["fmtrade"]
+        assert "(raylet)" not in down.stderr, down.stderr[-2000:]
+        assert httpx.get(f"{url}/readyz").status_code == 404  # Serve's proxy answers, no application there
+        assert httpx.get(f"{url}/other/readyz").status_code == 200
+
+        down = _fmtrade("serve", "down", "--address", cluster.address, "--json", env=ray_env())
+        assert down.returncode == 0, down.stderr[-2000:]
+        assert json.loads(down.stdout).get("applications") == ["other"], down.stdout  # recorded by the last `up`
+        assert httpx.get(f"{url}/other/readyz").status_code == 404
+
+        again = _fmtrade("serve", "down", "--address", cluster.address, "--config", first, "--json", env=ray_env())
+        assert again.returncode == 0, again.stderr[-2000:]
+        assert json.loads(again.stdout) == {
+            "stopped": False,
+            "reason": "no application named fmtrade runs on the cluster (running: none); "
+            "--config names the file they were deployed from",
+        }
     finally:
         stopped = cluster.down()
     assert stopped > 0 and cluster.processes() == []

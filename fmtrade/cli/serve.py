@@ -26,7 +26,8 @@ def up(
     ),
     json_out: bool = JSON_OPTION,
 ) -> None:
-    """Deploy the service and wait until every model answers; without --detach, serve until Ctrl-C."""
+    """Deploy the service and wait until every model answers; on an embedded Ray without --detach,
+    serve until Ctrl-C (on a cluster the applications outlive the command)."""
     from serve import runner
 
     result = runner.up(
@@ -36,7 +37,7 @@ def up(
         emit_json(result)
     else:
         typer.echo(f"fmtrade serve: ready at {result['url']} (applications: {', '.join(result['applications'])})")
-    if not detach:
+    if not detach and not result.get("on_cluster"):  # on a cluster the applications outlive the command
         typer.echo("serving until Ctrl-C", err=True)
         runner.serve_forever()
 
@@ -67,12 +68,24 @@ def status(address: str = ADDRESS_OPTION, json_out: bool = JSON_OPTION) -> None:
 
 
 @app.command("down")
-def down(address: str = ADDRESS_OPTION, json_out: bool = JSON_OPTION) -> None:
-    """Delete the applications (and the local Ray head that `up --detach` started)."""
+def down(
+    address: str = ADDRESS_OPTION,
+    config: str = typer.Option(
+        None, "--config", help="On a cluster: the Serve config file whose applications to delete (default: "
+        "those `up` deployed from here, else serve.config, serve/config.yaml)."
+    ),
+    json_out: bool = JSON_OPTION,
+) -> None:
+    """Stop the detached service (and its embedded Ray), or delete fmtrade's applications from a cluster."""
     from serve import runner
 
-    result = runner.down(settings(), address)
+    result = runner.down(settings(), address, config=config)
     if json_out:
         emit_json(result)
     else:
-        typer.echo("fmtrade serve: stopped" if result["stopped"] else f"fmtrade serve: {result['reason']}")
+        if not result["stopped"]:
+            typer.echo(f"fmtrade serve: {result['reason']}")
+        elif "applications" in result:  # on a cluster
+            typer.echo(f"fmtrade serve: deleted {', '.join(result['applications'])}")
+        else:
+            typer.echo("fmtrade serve: stopped")
