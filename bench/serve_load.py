@@ -28,11 +28,13 @@ cores / machine CPU per request: the printed ceiling tells which work bounds it.
 serving path's per-request cost is then shared by N forecasts, and served/direct compares
 forecasts/s at the batch the model formed.
 
-``--direct-ingress`` turns on Ray Serve's direct ingress (alpha in Ray 2.60): the
-ingress replica serves HTTP on its own port and the clients skip the Serve proxy.
+HTTP is answered as ``fmtrade serve up`` answers it: by HAProxy (``serve.fast_path``).
+``--python-proxy`` puts Ray's Python proxy there instead; ``--direct-ingress`` has the clients
+call the ingress replica's own HTTP port (Ray Serve's direct ingress), skipping any proxy.
 
     .venv/bin/python bench/serve_load.py [--model chronos-bolt-fm-tiny] [--clients 1,16,64]
-        [--size tiny|small] [--duration 10] [--max-batch 64] [--series 1] [--direct-ingress] [--json]
+        [--size tiny|small] [--duration 10] [--max-batch 64] [--series 1]
+        [--python-proxy | --direct-ingress] [--json]
 """
 
 from __future__ import annotations
@@ -59,6 +61,7 @@ from fmtrade.data.store import Store
 from fmtrade.data.synthetic import SyntheticSpec, synthesize
 from fmtrade.models.registry import ModelSpec, active_specs, build_forecaster, is_available, select_specs
 from fmtrade.models.zoo import build_zoo
+from serve.fast_path import HAPROXY_SWITCH
 
 HORIZON = 24
 LEVELS = [0.1, 0.5, 0.9]
@@ -268,6 +271,9 @@ def main() -> None:
         "--ray-defaults", action="store_true", help="Ray Serve's stock settings, not serve.fast_path.FAST_PATH_ENV"
     )
     parser.add_argument(
+        "--python-proxy", action="store_true", help="Ray's Python proxy answers HTTP instead of HAProxy"
+    )
+    parser.add_argument(
         "--direct-ingress",
         action="store_true",
         help="clients call the ingress replica's own HTTP port, skipping the Serve proxy",
@@ -325,13 +331,17 @@ def main() -> None:
 
     if args.direct_ingress:
         os.environ["RAY_SERVE_ENABLE_DIRECT_INGRESS"] = "1"  # read by every Serve process Ray starts
+    if args.python_proxy:
+        os.environ[HAPROXY_SWITCH] = "0"
     if args.ray_defaults:
         init_ray("local")
     else:
         start_local_ray()
+    front = "HAProxy" if os.environ.get(HAPROXY_SWITCH) == "1" else "Ray's Python proxy"
+    front = "direct ingress (no proxy)" if args.direct_ingress else front
     results: dict[str, Any] = {"model": args.model, "size": args.size, "context": args.context, "horizon": HORIZON,
                                "series_per_request": args.series, "symbols": args.symbols,
-                               "ray_defaults": args.ray_defaults,
+                               "ray_defaults": args.ray_defaults, "front": front,
                                "direct_ingress": args.direct_ingress, "runs": []}  # fmt: skip
     try:
         serve.start(http_options={"host": "127.0.0.1", "port": port})
@@ -375,7 +385,7 @@ def main() -> None:
     print(f"\nmodel {args.model} ({args.size} zoo checkpoint), context {args.context}, horizon {HORIZON}, "
           f"{args.duration:g}s per run, {args.series} series per request, "
           f"{'Ray Serve defaults' if args.ray_defaults else 'serve.fast_path.FAST_PATH_ENV'}"
-          f"{', direct ingress' if args.direct_ingress else ''}")  # fmt: skip
+          f", HTTP answered by {front}")  # fmt: skip
     print(
         "| clients | batching on req/s | p50 / p95 / p99 ms | mean batch | batching off req/s | p50 / p95 / p99 ms "
         "| on / off (min-max) |"

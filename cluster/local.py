@@ -31,7 +31,7 @@ import psutil
 from ray._common.utils import get_ray_address_file
 
 from fmtrade.errors import FmtradeError
-from serve.fast_path import FAST_PATH_ENV
+from serve.fast_path import local_env
 
 WORKER_RESOURCE = "fmtrade_worker"
 
@@ -43,7 +43,7 @@ class ClusterError(FmtradeError):
 def ray_env() -> dict[str, str]:
     """Environment for every node and client of the local cluster (token auth on, token on disk,
     Ray Serve's throughput settings unless already set)."""
-    env = {**FAST_PATH_ENV, **os.environ}
+    env = {**local_env(), **os.environ}
     env["RAY_AUTH_MODE"] = "token"
     env.pop("RAY_ADDRESS", None)
     # Job entrypoints run `python ...` on the nodes: make it this environment's interpreter.

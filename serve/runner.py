@@ -41,7 +41,7 @@ from fmtrade.errors import ConfigError, FmtradeError
 from fmtrade.io import write_json_atomic
 from jobs.ray_runtime import ClusterUnreachable, init_ray
 from serve.app import build_graph, cpus_at_start, served_models
-from serve.fast_path import FAST_PATH_ENV
+from serve.fast_path import local_env
 from serve.options import AppConfig
 
 log = logging.getLogger(__name__)
@@ -58,9 +58,10 @@ _TOKEN_HINT = (
 
 
 def start_local_ray(num_cpus: int | None = None) -> None:
-    """Embedded Ray for this process, with :data:`FAST_PATH_ENV` (unless already set) inherited
-    by every Serve process it starts."""
-    for key, value in FAST_PATH_ENV.items():
+    """Embedded Ray for this process, with Ray Serve's throughput settings
+    (:func:`serve.fast_path.local_env`, each unless already set) inherited by every Serve process
+    it starts."""
+    for key, value in local_env().items():
         os.environ.setdefault(key, value)
     init_ray("local", num_cpus=num_cpus)
 

