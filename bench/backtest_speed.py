@@ -32,10 +32,10 @@ from fmtrade.backtest.market import make_market  # noqa: E402
 from fmtrade.backtest.windows import plan_windows  # noqa: E402
 from fmtrade.config import load_settings  # noqa: E402
 from fmtrade.data.synthetic import SyntheticSpec, synthesize  # noqa: E402
+from fmtrade.jobs.backtest import PoolOptions, run_backtest  # noqa: E402
+from fmtrade.jobs.ray_runtime import init_ray  # noqa: E402
 from fmtrade.models.registry import active_specs, build_forecaster, select_specs  # noqa: E402
 from fmtrade.models.zoo import build_zoo  # noqa: E402
-from jobs.backtest import PoolOptions, run_backtest  # noqa: E402
-from jobs.ray_runtime import init_ray  # noqa: E402
 
 
 def main() -> None:

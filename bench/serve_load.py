@@ -28,7 +28,7 @@ cores / machine CPU per request: the printed ceiling tells which work bounds it.
 serving path's per-request cost is then shared by N forecasts, and served/direct compares
 forecasts/s at the batch the model formed.
 
-HTTP is answered as ``fmtrade serve up`` answers it: by HAProxy (``serve.fast_path``).
+HTTP is answered as ``fmtrade serve up`` answers it: by HAProxy (``fmtrade.serve.fast_path``).
 ``--python-proxy`` puts Ray's Python proxy there instead; ``--direct-ingress`` has the clients
 call the ingress replica's own HTTP port (Ray Serve's direct ingress), skipping any proxy.
 
@@ -61,7 +61,7 @@ from fmtrade.data.store import Store
 from fmtrade.data.synthetic import SyntheticSpec, synthesize
 from fmtrade.models.registry import ModelSpec, active_specs, build_forecaster, is_available, select_specs
 from fmtrade.models.zoo import build_zoo
-from serve.fast_path import HAPROXY_SWITCH
+from fmtrade.serve.fast_path import HAPROXY_SWITCH
 
 HORIZON = 24
 LEVELS = [0.1, 0.5, 0.9]
@@ -292,9 +292,9 @@ def main() -> None:
     import ray
     from ray import serve
 
-    from jobs.ray_runtime import init_ray
-    from serve.app import build_app
-    from serve.runner import start_local_ray
+    from fmtrade.jobs.ray_runtime import init_ray
+    from fmtrade.serve.app import build_app
+    from fmtrade.serve.runner import start_local_ray
 
     home, settings, spec = bench_home(args.model, args.size)
     pool = contexts(256, args.context)

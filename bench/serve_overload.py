@@ -5,7 +5,7 @@ Starts Ray (embedded) and Serve with one application whose ensemble holds a fast
 model, autoregressive sampling on CPU) with a per-member budget of ``--timeout-s``. Each load
 level (default 2 and 32 closed-loop clients) posts ``/v1/forecast`` naming both members for
 ``--duration`` seconds. Every answer is classified for the slow member: answered in time, shed
-by the caller (``serve.member_calls``: it could not be answered in what was left of its budget),
+by the caller (``fmtrade.serve.member_calls``: it could not be answered in what was left of its budget),
 timed out, or failed otherwise; the slow replica's CPU seconds per in-time answer are read
 with psutil.
 
@@ -101,8 +101,8 @@ def main() -> None:
     import ray
     from ray import serve
 
-    from serve.app import build_app
-    from serve.runner import start_local_ray
+    from fmtrade.serve.app import build_app
+    from fmtrade.serve.runner import start_local_ray
 
     home, _, _ = bench_home(args.slow, "tiny")
     bodies = [

@@ -26,10 +26,10 @@ import torch
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from fmtrade.data.corpus import CorpusParams  # noqa: E402
+from fmtrade.jobs.ray_runtime import init_ray  # noqa: E402
 from fmtrade.models.registry import zoo_builder  # noqa: E402
+from fmtrade.train.pretrain import PretrainParams, pretrain  # noqa: E402
 from fmtrade.training import LoraParams, TrainingRun, corpus_windows, load_for_training  # noqa: E402
-from jobs.ray_runtime import init_ray  # noqa: E402
-from train.pretrain import PretrainParams, pretrain  # noqa: E402
 
 CORPUS = CorpusParams(markets=2, market_hours=4000, kernel_batches=1, kernel_series=8)
 

@@ -31,7 +31,7 @@ import psutil
 from ray._common.utils import get_ray_address_file
 
 from fmtrade.errors import FmtradeError
-from serve.fast_path import local_env
+from fmtrade.serve.fast_path import local_env
 
 WORKER_RESOURCE = "fmtrade_worker"
 

@@ -1,21 +1,25 @@
-"""Submit a batch job (``python -m jobs.backtest ...``) to any Ray cluster's job server.
+"""Submit a batch job (``python -m fmtrade backtest ...``) to any Ray cluster's job server.
 
 The same call works for the local development cluster and a remote one: the working
 directory is uploaded as the job's ``runtime_env`` (minus the virtualenv, run outputs and
-VCS data), so the cluster runs exactly the code on the laptop.
+VCS data), and fmtrade's own code travels as a ``py_modules`` package laid out as installed,
+so the cluster runs exactly the code on the laptop.
 """
 
 from __future__ import annotations
 
 import os
+import shutil
+import tempfile
 import time
+import tomllib
 from dataclasses import dataclass
 from pathlib import Path
 
 from ray.exceptions import AuthenticationError
 from ray.job_submission import JobStatus, JobSubmissionClient
 
-from cluster.local import ClusterError
+from fmtrade.cluster.local import ClusterError
 
 TOKEN_FILE = Path("~/.ray/auth_token").expanduser()
 UPLOAD_EXCLUDES = [".venv/", ".git/", "runs/", "**/__pycache__/", ".pytest_cache/", ".ruff_cache/", "*.egg-info/"]
@@ -37,15 +41,22 @@ def submit(
     timeout_s: float = 1800,
 ) -> JobResult:
     """Submit ``entrypoint``; with ``wait``, block until it ends and return its status and logs."""
-    runtime_env = {"working_dir": str(Path(working_dir).resolve()), "excludes": UPLOAD_EXCLUDES}
-    if env_vars:
-        runtime_env["env_vars"] = env_vars
-    try:
-        client = _connect(address)
-        job_id = _submit_when_agent_ready(client, entrypoint, runtime_env)
-    except (ConnectionError, RuntimeError, AuthenticationError) as exc:
-        first = str(exc).strip().splitlines()[0]
-        raise ClusterError(f"address: cannot submit to the job server at {address}: {first}") from exc
+    root = Path(working_dir).resolve()
+    with tempfile.TemporaryDirectory(prefix="fmtrade-submit-") as staging:
+        package = _package_dir(root, Path(staging))
+        # The checkout's own code folders stay behind: the job's cwd comes first on sys.path and a
+        # bare fmtrade/ there would hide the package (and its fmtrade.serve, ...) shipped in py_modules.
+        layer_dirs = [f"/{d}/" for d in _package_dirs(root).values()] if _is_checkout(root) else []
+        runtime_env: dict = {"working_dir": str(root), "excludes": UPLOAD_EXCLUDES + layer_dirs,
+                             "py_modules": [str(package)]}  # fmt: skip
+        if env_vars:
+            runtime_env["env_vars"] = env_vars
+        try:
+            client = _connect(address)
+            job_id = _submit_when_agent_ready(client, entrypoint, runtime_env)
+        except (ConnectionError, RuntimeError, AuthenticationError) as exc:
+            first = str(exc).strip().splitlines()[0]
+            raise ClusterError(f"address: cannot submit to the job server at {address}: {first}") from exc
     if not wait:
         return JobResult(job_id, str(client.get_job_status(job_id)), "")
     deadline = time.monotonic() + timeout_s
@@ -58,6 +69,30 @@ def submit(
         time.sleep(1)
         status = client.get_job_status(job_id)
     return JobResult(job_id, status.value, client.get_job_logs(job_id))
+
+
+def _is_checkout(root: Path) -> bool:
+    pyproject = root / "pyproject.toml"
+    return pyproject.is_file() and tomllib.loads(pyproject.read_text()).get("project", {}).get("name") == "fmtrade"
+
+
+def _package_dirs(root: Path) -> dict[str, str]:
+    """``{package: folder}`` for fmtrade and the Ray layers, as pyproject.toml maps them."""
+    mapping = tomllib.loads((root / "pyproject.toml").read_text())["tool"]["setuptools"]["package-dir"]
+    return {"fmtrade": "fmtrade", **mapping}
+
+
+def _package_dir(root: Path, staging: Path) -> Path:
+    """The ``fmtrade`` package as it is installed (the Ray layers inside it): from the checkout at
+    ``root`` when the job is submitted from one, else the installed package itself."""
+    import fmtrade
+
+    if not _is_checkout(root):
+        return Path(fmtrade.__file__).parent
+    ignore = shutil.ignore_patterns("__pycache__", "*.pyc")
+    for package, folder in _package_dirs(root).items():
+        shutil.copytree(root / folder, staging / package.replace(".", "/"), ignore=ignore)
+    return staging / "fmtrade"
 
 
 def _connect(address: str) -> JobSubmissionClient:

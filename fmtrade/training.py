@@ -414,7 +414,7 @@ def corpus_windows(
     closes: Mapping[str, pd.Series] | None = None,
     stride: int | None = None,
 ) -> tuple[np.ndarray, np.ndarray]:
-    """All ``(train, val)`` windows of a corpus (the in-process twin of ``train.datasets``)."""
+    """All ``(train, val)`` windows of a corpus (the in-process twin of ``fmtrade.train.datasets``)."""
     stride = stride or max(geometry.horizon // 2, 1)
     train, val = [], []
     for source in corpus_sources(items, params):

@@ -1,10 +1,8 @@
 """Ray job: walk-forward backtests across assets and models.
 
-    python -m jobs.backtest --symbols BTCUSDT,ETHUSDT,SOLUSDT --models chronos-bolt-fm-tiny,ensemble \\
-        --start 2023-01-01 --end 2023-12-31 --out runs/demo
-
-runs unchanged on the embedded local Ray or, submitted with
-``ray job submit --working-dir . -- python -m jobs.backtest ...``, on a cluster (the store
+Run through the CLI, ``python -m fmtrade backtest --symbols BTCUSDT,ETHUSDT --start 2023-01-01
+--end 2023-12-31``: unchanged on the embedded local Ray or, submitted with
+``fmtrade cluster submit -- python -m fmtrade backtest ...``, on a cluster (the store
 must then be reachable from the cluster: a shared path or an object-store URI).
 
 Layout: per model, a pool of ``backtest.inference_actors`` actors (GPU actors when
@@ -16,11 +14,8 @@ the driver gathers the results and writes the run directory.
 
 from __future__ import annotations
 
-import argparse
 import functools
-import json
 import logging
-import sys
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
@@ -30,18 +25,17 @@ import ray
 from fmtrade.backtest.config import BacktestConfig
 from fmtrade.backtest.engine import Progress, WindowBatch, collect_windows, forecast_batched, split_by_asset
 from fmtrade.backtest.market import Market, load_market
-from fmtrade.backtest.outputs import clean, write_run
+from fmtrade.backtest.outputs import write_run
 from fmtrade.backtest.results import AssetResult, BacktestRun, run_asset
 from fmtrade.backtest.selection import ModelSelection, select_models
 from fmtrade.backtest.windows import Windows, plan_windows
-from fmtrade.cli.common import print_table
-from fmtrade.config import Settings, load_settings
+from fmtrade.config import Settings
 from fmtrade.data.store import Store
 from fmtrade.ensemble import ENSEMBLE_NAME, combine
 from fmtrade.errors import FmtradeError, InputError
+from fmtrade.jobs.ray_runtime import get, init_ray, portable
 from fmtrade.models.base import Forecast, Forecaster
 from fmtrade.models.registry import build_forecaster, is_available
-from jobs.ray_runtime import get, init_ray, portable
 
 log = logging.getLogger(__name__)
 
@@ -282,49 +276,3 @@ def run_and_write(job: Job, out: str | Path | None = None, address: str | None =
             task = bar.add_task("windows", total=job.windows)
             run = execute(job, address, progress=lambda n: bar.advance(task, n))
     return run, write_run(run, out or default_out(job.settings, job.config))
-
-
-SUMMARY_COLUMNS = ["symbol", "model", "total_return", "sharpe", "max_drawdown", "trades", "costs", "funding",
-                   "directional_accuracy", "mape", "wql"]  # fmt: skip
-
-
-def main(argv: Sequence[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(prog="python -m jobs.backtest", description=__doc__.splitlines()[0])
-    parser.add_argument("--symbols", required=True, help="comma-separated, e.g. BTCUSDT,ETHUSDT")
-    parser.add_argument("--models", help="comma-separated registry names and/or 'ensemble' (default: all enabled)")
-    parser.add_argument("--start", required=True)
-    parser.add_argument("--end", required=True)
-    for name in ("context", "horizon", "rebalance", "seed"):
-        parser.add_argument(f"--{name}", type=int)
-    parser.add_argument("--strategy", choices=["threshold", "risk"])
-    parser.add_argument("--category", choices=["spot", "linear", "inverse"])
-    parser.add_argument("--interval")
-    parser.add_argument("--out", help="run directory (default: <runs_dir>/backtest-...)")
-    parser.add_argument("--store", help="store root (path or URI)")
-    parser.add_argument("--address", help="Ray address (default: cluster.address; RAY_ADDRESS wins)")
-    parser.add_argument("--config", help="fmtrade.yaml")
-    parser.add_argument("--json", action="store_true", help="print the summary rows as JSON on stdout")
-    args = parser.parse_args(argv)
-    logging.basicConfig(level=logging.INFO, stream=sys.stderr)
-    try:
-        settings = load_settings(args.config)
-        job = prepare(
-            settings, [s.strip() for s in args.symbols.split(",") if s.strip()],
-            [m.strip() for m in args.models.split(",") if m.strip()] if args.models else None, args.store,
-            start=args.start, end=args.end, context=args.context, horizon=args.horizon, rebalance=args.rebalance,
-            seed=args.seed, strategy=args.strategy, category=args.category, interval=args.interval,
-        )  # fmt: skip
-        run, out = run_and_write(job, args.out, args.address)
-    except FmtradeError as exc:
-        print(f"error: {exc}", file=sys.stderr)
-        return 2
-    if args.json:
-        print(json.dumps(clean(run.summary), allow_nan=False))
-    else:
-        print_table(run.summary, SUMMARY_COLUMNS, title="backtest summary")
-    print(f"run written to {out}", file=sys.stderr)
-    return 0
-
-
-if __name__ == "__main__":
-    sys.exit(main())

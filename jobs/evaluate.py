@@ -16,8 +16,8 @@ import ray
 from fmtrade.config import Settings
 from fmtrade.errors import FmtradeError
 from fmtrade.evaluation import EvalParams, evaluate_symbol
+from fmtrade.jobs.ray_runtime import get, init_ray, portable
 from fmtrade.models.registry import ModelSpec, build_forecaster
-from jobs.ray_runtime import get, init_ray, portable
 
 
 @ray.remote

@@ -26,8 +26,8 @@ from pydantic.json_schema import models_json_schema
 
 from fmtrade import __version__
 from fmtrade.errors import InputError
-from serve.messages import MembersFailed
-from serve.schemas import (
+from fmtrade.serve.messages import MembersFailed
+from fmtrade.serve.schemas import (
     BatchRequest,
     BatchResponse,
     ForecastRequest,

@@ -20,9 +20,9 @@ from ray.serve import Application
 
 from fmtrade.errors import ConfigError
 from fmtrade.models.registry import active_specs, is_available, select_specs
-from serve.deployments import EnsembleDeployment, ModelDeployment
-from serve.ingress import Ingress
-from serve.options import AppConfig
+from fmtrade.serve.deployments import EnsembleDeployment, ModelDeployment
+from fmtrade.serve.ingress import Ingress
+from fmtrade.serve.options import AppConfig
 
 log = logging.getLogger("fmtrade.serve")
 
@@ -65,6 +65,6 @@ def build_graph(cfg: AppConfig, models: list[str]) -> Application:
 
 
 def build_app(args: dict[str, Any] | None = None) -> Application:
-    """Application builder for ``import_path: serve.app:build_app``."""
+    """Application builder for ``import_path: fmtrade.serve.app:build_app``."""
     cfg = AppConfig.parse(args)
     return build_graph(cfg, served_models(cfg))

@@ -16,8 +16,8 @@ from ray import serve as ray_serve
 
 from fmtrade.client import forecast_remote
 from fmtrade.config import Settings
-from serve.app import build_app
-from serve.runner import deploy, start_local_ray
+from fmtrade.serve.app import build_app
+from fmtrade.serve.runner import deploy, start_local_ray
 
 INTERVAL_LEVELS = (0.1, 0.5, 0.9)  # the 80% central interval and the median
 

@@ -25,9 +25,9 @@ from fmtrade.errors import InputError
 from fmtrade.models.base import Forecast, Forecaster
 from fmtrade.models.registry import ModelSpec, active_specs, build_forecaster, select_specs
 from fmtrade.models.zoo import adapter_dir
-from serve.handles import rebind_all
-from serve.member_calls import MemberCall, MemberSender, Outcome
-from serve.messages import (
+from fmtrade.serve.handles import rebind_all
+from fmtrade.serve.member_calls import MemberCall, MemberSender, Outcome
+from fmtrade.serve.messages import (
     EnsembleRequest,
     EnsembleResult,
     MembersFailed,
@@ -35,7 +35,7 @@ from serve.messages import (
     ModelResult,
     shift_rows,
 )
-from serve.options import AppConfig, ModelOptions
+from fmtrade.serve.options import AppConfig, ModelOptions
 
 _HEALTH_CONTEXT = np.linspace(100.0, 101.0, 64)
 

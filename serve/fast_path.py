@@ -6,7 +6,7 @@ to an ingress replica's own HTTP port; the rest is what ``RAY_SERVE_THROUGHPUT_O
 on: gRPC between replicas, user code and router on the replica's event loop, buffered request logs.
 Measured against Ray's Python proxy on the 2-core VM (docs/BENCHMARKS.md, 64 clients, batching
 on): 2.9x the throughput for the tiny model, 1.5x for the small one. Ray reads them when its Serve
-processes start, so they belong in the environment of every Ray node: ``serve.runner.start_local_ray``
+processes start, so they belong in the environment of every Ray node: ``fmtrade.serve.runner.start_local_ray``
 sets them for the Ray it embeds and ``cluster/local.py`` for its nodes (both through
 :func:`local_env`), the KubeRay RayService (``cluster/kuberay.py``) in its pods, ``cluster/aws.yaml``
 on its ``ray start`` lines.

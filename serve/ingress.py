@@ -20,12 +20,12 @@ from fmtrade.data.store import Store
 from fmtrade.errors import InputError
 from fmtrade.forecasting import future_timestamps, quantile_dict
 from fmtrade.models.base import check_quantile_levels
-from serve.api import UnknownSeries, create_api
-from serve.deployments import FanOut
-from serve.handles import rebind, rebind_all
-from serve.messages import EnsembleRequest, EnsembleResult, MembersFailed, context_row, unwrap
-from serve.options import AppConfig
-from serve.schemas import BatchRequest, ForecastRequest, Options, Series
+from fmtrade.serve.api import UnknownSeries, create_api
+from fmtrade.serve.deployments import FanOut
+from fmtrade.serve.handles import rebind, rebind_all
+from fmtrade.serve.messages import EnsembleRequest, EnsembleResult, MembersFailed, context_row, unwrap
+from fmtrade.serve.options import AppConfig
+from fmtrade.serve.schemas import BatchRequest, ForecastRequest, Options, Series
 
 _DESCRIBE_TIMEOUT_S = 30.0
 _PROBE_TIMEOUT_S = 5.0  # a readiness probe's wait for each model

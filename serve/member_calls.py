@@ -34,7 +34,7 @@ from dataclasses import dataclass
 
 from ray.serve.handle import DeploymentHandle
 
-from serve.messages import ModelRequest, ModelResult, unwrap
+from fmtrade.serve.messages import ModelRequest, ModelResult, unwrap
 
 #: A member call's result: its answer, the exception it raised, or why it was dropped.
 Outcome = ModelResult | BaseException | str

@@ -1,7 +1,7 @@
 """Start, inspect and stop the Serve application (what ``fmtrade serve up|status|down`` do).
 
 ``up`` reads a Ray Serve config file (``serve/config.yaml`` format), builds each
-application's graph as ``serve.app.build_app`` does and runs it:
+application's graph as ``fmtrade.serve.app.build_app`` does and runs it:
 
 * on the Ray cluster at ``--address`` (default: the one running on this machine,
   if any); the applications outlive the command;
@@ -39,10 +39,10 @@ from ray.serve import Application
 from fmtrade.config import Settings
 from fmtrade.errors import ConfigError, FmtradeError
 from fmtrade.io import write_json_atomic
-from jobs.ray_runtime import ClusterUnreachable, init_ray
-from serve.app import build_graph, cpus_at_start, served_models
-from serve.fast_path import local_env
-from serve.options import AppConfig
+from fmtrade.jobs.ray_runtime import ClusterUnreachable, init_ray
+from fmtrade.serve.app import build_graph, cpus_at_start, served_models
+from fmtrade.serve.fast_path import local_env
+from fmtrade.serve.options import AppConfig
 
 log = logging.getLogger(__name__)
 
@@ -59,7 +59,7 @@ _TOKEN_HINT = (
 
 def start_local_ray(num_cpus: int | None = None) -> None:
     """Embedded Ray for this process, with Ray Serve's throughput settings
-    (:func:`serve.fast_path.local_env`, each unless already set) inherited by every Serve process
+    (:func:`fmtrade.serve.fast_path.local_env`, each unless already set) inherited by every Serve process
     it starts."""
     for key, value in local_env().items():
         os.environ.setdefault(key, value)

@@ -1,9 +1,11 @@
-"""``fmtrade backtest`` and ``python -m jobs.backtest``: bad input exits 2 before any work;
+"""``fmtrade backtest`` and ``python -m fmtrade backtest`` (what cluster jobs run): bad input exits 2 before any work;
 a real run over a synthetic store on local Ray writes every output."""
 
 from __future__ import annotations
 
 import json
+import subprocess
+import sys
 from pathlib import Path
 
 import pytest
@@ -12,8 +14,7 @@ import ray
 from fmtrade.cli import main as cli_main
 from fmtrade.data.store import Store
 from fmtrade.data.synthetic import SyntheticSpec, synthesize
-from jobs import backtest as job
-from jobs.ray_runtime import init_ray
+from fmtrade.jobs.ray_runtime import init_ray
 
 SYMBOLS = ("SYNAUSDT", "SYNBUSDT", "SYNCUSDT")
 
@@ -90,11 +91,14 @@ def test_cli_runs_the_ray_job_over_the_store_and_writes_the_run(store, tmp_path,
 
 
 @pytest.mark.slow
-def test_job_entry_point_rejects_a_horizon_beyond_a_models_max(store, tmp_path, capsys, local_ray):
+def test_module_entry_point_rejects_a_horizon_beyond_a_models_max(store, tmp_path):
+    """``python -m fmtrade`` is the entry point the RayJob manifest and cluster submissions run."""
     out_dir = tmp_path / "run"
     argv = ["--symbols", "SYNAUSDT", "--models", "random-walk", "--start", "2023-01-20", "--end", "2023-02-01",
             "--context", "64", "--horizon", "2000", "--category", "linear", "--store", store, "--out", str(out_dir)]
-    assert job.main(argv) == 2
-    err = capsys.readouterr().err
-    assert "horizon: 2000 exceeds random-walk's max_horizon 1024" in err
+    done = subprocess.run([sys.executable, "-m", "fmtrade", "backtest", *argv], capture_output=True, text=True,
+                          cwd=tmp_path, timeout=120)  # fmt: skip
+    assert done.returncode == 2, done.stderr
+    assert "horizon: 2000 exceeds random-walk's max_horizon 1024" in done.stderr
+    assert "Traceback" not in done.stderr
     assert not Path(out_dir).exists()

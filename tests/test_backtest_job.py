@@ -12,10 +12,10 @@ import ray
 from fmtrade.config import load_settings
 from fmtrade.errors import InputError
 from fmtrade.evaluation import EvalParams, evaluate_symbol
+from fmtrade.jobs.backtest import PoolOptions, run_backtest
+from fmtrade.jobs.evaluate import run_evaluate_job
+from fmtrade.jobs.ray_runtime import init_ray
 from fmtrade.models.registry import ModelSpec, build_forecaster
-from jobs.backtest import PoolOptions, run_backtest
-from jobs.evaluate import run_evaluate_job
-from jobs.ray_runtime import init_ray
 from tests.backtest_support import BootstrapForecaster, DriftForecaster, synthetic_markets
 from tests.test_backtest_results import CONFIG, backtest
 

@@ -17,12 +17,12 @@ import pytest
 import yaml
 from ray._common.utils import get_ray_address_file
 
-from cluster.local import LocalCluster, ray_env, still_running
-from cluster.submit import submit
 from fmtrade.client import forecast_remote
-from serve.app import cpus_at_start
-from serve.options import AppConfig
-from serve.runner import PACKAGED_CONFIG, wait_ready
+from fmtrade.cluster.local import LocalCluster, ray_env, still_running
+from fmtrade.cluster.submit import submit
+from fmtrade.serve.app import cpus_at_start
+from fmtrade.serve.options import AppConfig
+from fmtrade.serve.runner import PACKAGED_CONFIG, wait_ready
 from tests.conftest import REPO, free_port
 
 pytestmark = pytest.mark.slow
@@ -45,7 +45,7 @@ def test_backtest_job_runs_unchanged_on_a_two_node_cluster(tmp_path: Path, isola
         assert address_file.read_text().strip().endswith(f":{cluster.gcs_port}")  # `ray start --head` wrote it
         out = tmp_path / "run"
         entrypoint = (
-            "python -m jobs.backtest --symbols SYNAUSDT,SYNBUSDT --models random-walk,naive,ensemble "
+            "python -m fmtrade backtest --symbols SYNAUSDT,SYNBUSDT --models random-walk,naive,ensemble "
             f"--start 2022-03-01 --end 2022-03-20 --out {out} --json"
         )
         result = submit(cluster.dashboard_url, entrypoint, REPO, {"FMTRADE_HOME": str(isolated_home)})
@@ -138,7 +138,8 @@ def test_serve_down_deletes_only_fmtrades_applications_from_a_cluster(tmp_path: 
         path = tmp_path / f"{name}.yaml"
         path.write_text(yaml.safe_dump({
             "http_options": {"host": "127.0.0.1", "port": port},
-            "applications": [{"name": name, "import_path": "serve.app:build_app", "route_prefix": prefix, "args": app}],
+            "applications": [{"name": name, "import_path": "fmtrade.serve.app:build_app", "route_prefix": prefix,
+                              "args": app}],
         }))  # fmt: skip
         return str(path)
 

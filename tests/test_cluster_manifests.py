@@ -10,9 +10,9 @@ import ray
 import yaml
 from ray.serve.schema import ServeDeploySchema
 
-from cluster import kuberay
-from serve.fast_path import FAST_PATH_ENV
-from serve.options import AppConfig
+from fmtrade.cluster import kuberay
+from fmtrade.serve.fast_path import FAST_PATH_ENV
+from fmtrade.serve.options import AppConfig
 
 REPO = Path(__file__).resolve().parents[1]
 
@@ -27,7 +27,7 @@ def test_launcher_config_satisfies_rays_schema() -> None:
 def test_committed_kuberay_manifests_are_current() -> None:
     for name in kuberay.MANIFESTS:
         assert (REPO / "cluster" / "kuberay" / name).read_text() == kuberay.render(name), (
-            f"cluster/kuberay/{name} is stale: run `python -m cluster.kuberay`"
+            f"cluster/kuberay/{name} is stale: run `python -m fmtrade.cluster.kuberay`"
         )
 
 
@@ -45,7 +45,7 @@ def test_rayservice_embeds_the_serve_config_unchanged_but_for_the_host() -> None
 def test_rayjob_runs_the_backtest_module() -> None:
     manifest = yaml.safe_load((REPO / "cluster" / "kuberay" / "rayjob-backtest.yaml").read_text())
     assert manifest["kind"] == "RayJob"
-    assert manifest["spec"]["entrypoint"].startswith("python -m jobs.backtest ")
+    assert manifest["spec"]["entrypoint"].startswith("python -m fmtrade backtest ")
     assert manifest["spec"]["rayClusterSpec"]["rayVersion"] == ray.__version__
 
 

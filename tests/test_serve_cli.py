@@ -34,7 +34,7 @@ def test_up_detached_status_forecast_down(tmp_path: Path, port: int, isolated_ho
     # The model replica alone reserves every CPU Ray counts here: the embedded Ray must count more.
     whole_machine = {"num_cpus": float(get_num_cpus())}
     app = {"models": ["random-walk"], "model_defaults": whole_machine, "ensemble": small, "ingress": small}
-    config.write_text(yaml.safe_dump({"applications": [{"name": "fmtrade", "import_path": "serve.app:build_app",
+    config.write_text(yaml.safe_dump({"applications": [{"name": "fmtrade", "import_path": "fmtrade.serve.app:build_app",
                                                         "route_prefix": "/", "args": app}]}))  # fmt: skip
     up = _fmtrade("serve", "up", "--detach", "--address", "local", "--config", str(config), "--port", str(port),
                   "--json")  # fmt: skip
@@ -83,7 +83,7 @@ def test_a_start_that_cannot_finish_says_why_and_leaves_nothing_running(
     small = {"num_cpus": 0.1}
     app = {"models": ["random-walk"], "model_defaults": {**small, "num_gpus": 64}, "ensemble": small,
            "ingress": small}  # fmt: skip
-    config.write_text(yaml.safe_dump({"applications": [{"name": "fmtrade", "import_path": "serve.app:build_app",
+    config.write_text(yaml.safe_dump({"applications": [{"name": "fmtrade", "import_path": "fmtrade.serve.app:build_app",
                                                         "route_prefix": "/", "args": app}]}))  # fmt: skip
     up = _fmtrade("serve", "up", "--detach", "--address", "local", "--config", str(config), "--port", str(port),
                   "--ready-timeout", "10", timeout=300)  # fmt: skip
@@ -108,7 +108,7 @@ def test_a_deployment_that_cannot_start_fails_the_command_with_its_reason(
     config = tmp_path / "serve.yaml"
     small = {"num_cpus": 0.1}
     app = {"models": ["chronos-bolt-fm-tiny", "naive"], "model_defaults": small, "ensemble": small, "ingress": small}
-    config.write_text(yaml.safe_dump({"applications": [{"name": "fmtrade", "import_path": "serve.app:build_app",
+    config.write_text(yaml.safe_dump({"applications": [{"name": "fmtrade", "import_path": "fmtrade.serve.app:build_app",
                                                         "route_prefix": "/", "args": app}]}))  # fmt: skip
     up = _fmtrade("serve", "up", "--address", "local", "--config", str(config), "--port", str(port), timeout=300)
     assert up.returncode == 2

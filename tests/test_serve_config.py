@@ -16,11 +16,11 @@ from ray.serve.schema import ServeDeploySchema
 
 from fmtrade.config import load_settings
 from fmtrade.errors import ConfigError
-from serve.api import field_loc
-from serve.app import cpus_at_start, served_models
-from serve.fast_path import FAST_PATH_ENV, HAPROXY_SWITCH
-from serve.options import AppConfig
-from serve.runner import PACKAGED_CONFIG, embedded_cpus, read_config
+from fmtrade.serve.api import field_loc
+from fmtrade.serve.app import cpus_at_start, served_models
+from fmtrade.serve.fast_path import FAST_PATH_ENV, HAPROXY_SWITCH
+from fmtrade.serve.options import AppConfig
+from fmtrade.serve.runner import PACKAGED_CONFIG, embedded_cpus, read_config
 
 REPO = Path(__file__).resolve().parents[1]
 
@@ -30,7 +30,7 @@ def test_config_yaml_is_a_valid_ray_serve_config() -> None:
     doc = yaml.safe_load((REPO / "serve" / "config.yaml").read_text())
     schema = ServeDeploySchema.model_validate(doc)
     (application,) = schema.applications
-    assert application.import_path == "serve.app:build_app"
+    assert application.import_path == "fmtrade.serve.app:build_app"
     cfg = AppConfig.parse(application.args)
     assert cfg.model_defaults.num_cpus < 1  # fractional: Ray's default of 1 CPU would not place the graph
     assert cfg.options_for("auto-ets").max_batch_size == 8
@@ -135,8 +135,8 @@ def test_the_embedded_ray_counts_at_least_what_the_replicas_reserve() -> None:
 
 
 def _local_env_in_subprocess(**env: str) -> tuple[dict[str, str], str]:
-    """``serve.fast_path.local_env()`` in a fresh interpreter (Ray reads its HAProxy settings at import)."""
-    code = "import json; from serve.fast_path import local_env; print(json.dumps(local_env()))"
+    """``fmtrade.serve.fast_path.local_env()`` in a fresh interpreter (Ray reads its HAProxy settings at import)."""
+    code = "import json; from fmtrade.serve.fast_path import local_env; print(json.dumps(local_env()))"
     base = {k: v for k, v in os.environ.items() if not k.startswith("RAY_SERVE_")}
     done = subprocess.run(
         [sys.executable, "-c", code], cwd=REPO, env={**base, **env}, capture_output=True, text=True, timeout=120

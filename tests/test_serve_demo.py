@@ -15,7 +15,7 @@ pytestmark = pytest.mark.slow
 
 def test_forecast_via_service_returns_the_80_percent_interval(tmp_path: Path) -> None:
     ray = pytest.importorskip("ray")
-    from serve.demo import forecast_via_service, interval_rows
+    from fmtrade.serve.demo import forecast_via_service, interval_rows
 
     symbols = ["SYNAUSDT", "SYNBUSDT"]
     store = Store(str(tmp_path / "store"))

@@ -16,8 +16,8 @@ from typing import Any
 
 import numpy as np
 
-from serve.member_calls import MemberCall, MemberSender
-from serve.messages import ModelRequest
+from fmtrade.serve.member_calls import MemberCall, MemberSender
+from fmtrade.serve.messages import ModelRequest
 
 
 @dataclass

@@ -12,11 +12,11 @@ import ray
 
 from fmtrade.config import load_settings
 from fmtrade.data.corpus import CorpusParams
+from fmtrade.jobs.ray_runtime import init_ray
 from fmtrade.models.chronos import ChronosBoltForecaster
 from fmtrade.models.lagllama import LagLlamaForecaster
 from fmtrade.models.recipes import RECIPE_FILE
 from fmtrade.models.zoo import build_zoo
-from jobs.ray_runtime import init_ray
 from tests.conftest import run_cli
 
 pytestmark = pytest.mark.slow
@@ -30,7 +30,7 @@ def local_ray():
 
 
 def test_pretrain_resumes_after_a_worker_dies_and_writes_a_loadable_checkpoint(tmp_path: Path) -> None:
-    from train.pretrain import PretrainParams, pretrain
+    from fmtrade.train.pretrain import PretrainParams, pretrain
 
     marker = tmp_path / "killed-once"
     params = PretrainParams(

@@ -10,8 +10,8 @@ import numpy as np
 import pytest
 import ray
 
+from fmtrade.jobs.ray_runtime import init_ray
 from fmtrade.models.lagllama import LagLlamaForecaster
-from jobs.ray_runtime import init_ray
 from tests.conftest import run_cli
 
 pytestmark = pytest.mark.slow

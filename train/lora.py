@@ -1,9 +1,9 @@
 """``fmtrade finetune``: peft LoRA fine-tuning of a registered foundation model per symbol (or pooled).
 
 For each symbol (``per-symbol``) or once for all of them (``pooled``) a TorchTrainer run
-(:mod:`train.loop`) trains LoRA adapters on the family's attention/feed-forward
+(:mod:`fmtrade.train.loop`) trains LoRA adapters on the family's attention/feed-forward
 projections (``--target-modules auto``: the adapter's ``lora_target_modules``) with the
-family's own loss, on windows cut from the store by :mod:`train.datasets`:
+family's own loss, on windows cut from the store by :mod:`fmtrade.train.datasets`:
 
 * bars from ``val_start`` on are the **test** period: never trained on, never used to
   select anything; the zero-shot vs fine-tuned table is scored there;
@@ -15,7 +15,7 @@ family's own loss, on windows cut from the store by :mod:`train.datasets`:
   ``max_train_bars`` keeps only the last N bars of training targets (few-shot).
 
 With ``tune`` set, each adapter comes from a Ray Tune grid over learning rate and rank
-(:mod:`train.tune`): the trial with the best validation WQL is published and every
+(:mod:`fmtrade.train.tune`): the trial with the best validation WQL is published and every
 trial is listed in the result's ``tune`` section.
 
 Adapters land in ``<zoo>/adapters/<base>/<symbol>/`` (pooled: ``.../pooled/``), the
@@ -38,13 +38,13 @@ from fmtrade.data.store import Store
 from fmtrade.errors import InputError
 from fmtrade.evaluation import EvalParams, evaluate_symbol
 from fmtrade.forecasting import RANDOM_WALK
+from fmtrade.jobs.ray_runtime import init_ray
 from fmtrade.models.registry import active_specs, adapter_class, build_forecaster, resolve_checkpoint, select_specs
 from fmtrade.models.zoo import adapters_root, publish_dir
+from fmtrade.train.datasets import WindowSpec, window_datasets
+from fmtrade.train.loop import LoopConfig, fit, publish_model, summary
+from fmtrade.train.tune import TuneSpace, sweep
 from fmtrade.training import FAMILIES, LoraParams, load_for_training, objective_for
-from jobs.ray_runtime import init_ray
-from train.datasets import WindowSpec, window_datasets
-from train.loop import LoopConfig, fit, publish_model, summary
-from train.tune import TuneSpace, sweep
 
 POOLED = "pooled"
 TABLE_KEYS = ("mape", "wql", "coverage_80", "directional_accuracy", "mae", "windows")

@@ -2,8 +2,8 @@
 
 The job builds a fresh seeded checkpoint of the architecture and size
 (``build_<family>_checkpoint``), expands the corpus into windows with Ray Data
-(:mod:`train.datasets`), trains it with each family's own loss on ``workers`` DDP
-workers (:mod:`train.loop`), and publishes the final checkpoint to ``out`` in the
+(:mod:`fmtrade.train.datasets`), trains it with each family's own loss on ``workers`` DDP
+workers (:mod:`fmtrade.train.loop`), and publishes the final checkpoint to ``out`` in the
 family's native format -- the directory the adapter's ``from_pretrained`` loads, so it
 can be dropped into the zoo as is.
 """
@@ -18,13 +18,13 @@ from typing import Any
 
 from fmtrade.data.corpus import CorpusParams, corpus_sources, parse_corpus
 from fmtrade.errors import InputError
+from fmtrade.jobs.ray_runtime import init_ray
 from fmtrade.models.recipes import stamp_recipe
 from fmtrade.models.registry import zoo_builder
 from fmtrade.models.zoo import SIZES
+from fmtrade.train.datasets import WindowSpec, window_datasets
+from fmtrade.train.loop import LoopConfig, fit, publish_model, summary
 from fmtrade.training import TrainingRun, check_family, load_for_training
-from jobs.ray_runtime import init_ray
-from train.datasets import WindowSpec, window_datasets
-from train.loop import LoopConfig, fit, publish_model, summary
 
 #: Evaluations (and checkpoints) per run in ``--steps`` mode; ``--minutes`` mode checkpoints every this many steps.
 EVALS_PER_RUN = 4

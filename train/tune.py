@@ -1,7 +1,7 @@
 """``fmtrade finetune --tune``: a small Ray Tune grid over learning rate and LoRA rank.
 
 Each trial is a Tune function trainable that runs one TorchTrainer fine-tuning run
-(:func:`train.loop.fit`; with Ray Train V2, Tune drives trainers from inside function
+(:func:`fmtrade.train.loop.fit`; with Ray Train V2, Tune drives trainers from inside function
 trainables) and reports the run's best validation WQL with its checkpoint. The trial
 itself only waits on its trainer, whose workers hold the CPUs, so it reserves a token
 :data:`TRIAL_CPU` (Tune refuses an empty request); ``max_concurrent`` trials need
@@ -22,7 +22,7 @@ from ray import tune
 from ray.train import Checkpoint
 
 from fmtrade.errors import FmtradeError, InputError
-from train.loop import LoopConfig, fit, root_cause, storage_location, summary
+from fmtrade.train.loop import LoopConfig, fit, root_cause, storage_location, summary
 
 METRIC = "best_val_wql"
 #: CPU a trial reserves for itself: it only drives a trainer, whose workers reserve the real CPUs.

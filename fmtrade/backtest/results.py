@@ -135,3 +135,8 @@ def run_asset(
         pd.concat(frames, ignore_index=True) if frames else pd.DataFrame(),
         rows,
     )
+
+
+# The summary table's columns, in the order a reader compares models.
+SUMMARY_COLUMNS = ["symbol", "model", "total_return", "sharpe", "max_drawdown", "trades", "costs", "funding",
+                   "directional_accuracy", "mape", "wql"]  # fmt: skip

@@ -1,6 +1,6 @@
 """``fmtrade backtest``: walk-forward backtests across assets and models on Ray.
 
-The command is the top layer, so it may import the Ray job (``jobs.backtest``) lazily;
+The command is the top layer, so it may import the Ray job (``fmtrade.jobs.backtest``) lazily;
 the library (``fmtrade/``) itself never imports ``jobs/``.
 """
 
@@ -32,7 +32,8 @@ def backtest(
 ) -> None:
     """Forecast walk-forward without look-ahead, trade with costs and funding, and report."""
     from fmtrade.backtest.outputs import clean
-    from jobs.backtest import SUMMARY_COLUMNS, prepare, run_and_write
+    from fmtrade.backtest.results import SUMMARY_COLUMNS
+    from fmtrade.jobs.backtest import prepare, run_and_write
 
     job = prepare(
         settings(), split_csv(symbols, "--symbols"), split_csv(models, "--models") or None, store,

@@ -23,7 +23,7 @@ def up(
     json_out: bool = JSON_OPTION,
 ) -> None:
     """Start a head and worker nodes on 127.0.0.1 (separate raylets, token auth handled)."""
-    from cluster.local import LocalCluster
+    from fmtrade.cluster.local import LocalCluster
 
     cluster = LocalCluster(workers, cpus_per_node, port, dashboard_port or settings().cluster.dashboard_port)
     cluster.up()
@@ -32,13 +32,14 @@ def up(
         emit_json(result)
     else:
         typer.echo(f"local cluster up: {result['nodes']} nodes, GCS {cluster.address}, jobs {cluster.dashboard_url}")
-        typer.echo(f"submit: fmtrade cluster submit --address {cluster.dashboard_url} -- python -m jobs.backtest ...")
+        submit = f"fmtrade cluster submit --address {cluster.dashboard_url}"
+        typer.echo(f"submit: {submit} -- python -m fmtrade backtest ...")
 
 
 @app.command("down")
 def down(port: int = typer.Option(6390, "--port", help="GCS port of the cluster's head.")) -> None:
     """Stop the local cluster started with `up` (only its processes; other Ray instances keep running)."""
-    from cluster.local import LocalCluster
+    from fmtrade.cluster.local import LocalCluster
 
     stopped = LocalCluster(gcs_port=port).down()
     if not stopped:
@@ -55,12 +56,12 @@ def submit(
     wait: bool = typer.Option(True, "--wait/--no-wait", help="Block until the job ends and print its logs."),
     json_out: bool = JSON_OPTION,
 ) -> None:
-    """Submit `-- ENTRYPOINT...` (e.g. `python -m jobs.backtest --symbols BTCUSDT ...`) to a Ray cluster."""
-    from cluster.submit import submit as submit_job
+    """Submit `-- ENTRYPOINT...` (e.g. `python -m fmtrade backtest --symbols BTCUSDT ...`) to a Ray cluster."""
+    from fmtrade.cluster.submit import submit as submit_job
 
     entrypoint = shlex.join(ctx.args)
     if not entrypoint:
-        fail("entrypoint: give the command after --, e.g. -- python -m jobs.backtest --symbols BTCUSDT")
+        fail("entrypoint: give the command after --, e.g. -- python -m fmtrade backtest --symbols BTCUSDT")
     env_vars = {}
     for item in env:
         key, sep, value = item.partition("=")

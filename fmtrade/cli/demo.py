@@ -40,11 +40,12 @@ def demo(
     """Synthetic market -> replay server -> Bybit client -> store -> zoo -> Ray backtest -> Ray Serve."""
     import ray
 
+    from fmtrade.backtest.results import SUMMARY_COLUMNS
     from fmtrade.demo import CATEGORY, DEMO_SYMBOLS, INTERVAL, run_demo
+    from fmtrade.jobs.backtest import prepare, run_and_write
     from fmtrade.models.zoo import build_zoo
+    from fmtrade.serve.runner import start_local_ray
     from fmtrade.training import zoo_pretrainer
-    from jobs.backtest import SUMMARY_COLUMNS, prepare, run_and_write
-    from serve.runner import start_local_ray
 
     cfg = settings()
     names = tuple(split_csv(symbols, "--symbols")) or DEMO_SYMBOLS
@@ -75,7 +76,7 @@ def demo(
         ray.shutdown()
 
         if serve_step:
-            from serve.demo import forecast_via_service, interval_rows
+            from fmtrade.serve.demo import forecast_via_service, interval_rows
 
             docs = forecast_via_service(cfg, names, data.synced_store, horizon=24, category=CATEGORY, interval=INTERVAL)
             report["forecasts"] = interval_rows(docs)

@@ -1,4 +1,4 @@
-"""``fmtrade serve up|status|down``: run the Ray Serve forecast service (see :mod:`serve.runner`)."""
+"""``fmtrade serve up|status|down``: run the Ray Serve forecast service (see :mod:`fmtrade.serve.runner`)."""
 
 from __future__ import annotations
 
@@ -28,7 +28,7 @@ def up(
 ) -> None:
     """Deploy the service and wait until every model answers; on an embedded Ray without --detach,
     serve until Ctrl-C (on a cluster the applications outlive the command)."""
-    from serve import runner
+    from fmtrade.serve import runner
 
     result = runner.up(
         settings(), config, address, host, port, detach, fmtrade_config=CliState.config, ready_timeout_s=ready_timeout
@@ -45,7 +45,7 @@ def up(
 @app.command("status")
 def status(address: str = ADDRESS_OPTION, json_out: bool = JSON_OPTION) -> None:
     """Applications, deployments and replica states."""
-    from serve import runner
+    from fmtrade.serve import runner
 
     result = runner.status(settings(), address)
     if json_out:
@@ -77,7 +77,7 @@ def down(
     json_out: bool = JSON_OPTION,
 ) -> None:
     """Stop the detached service (and its embedded Ray), or delete fmtrade's applications from a cluster."""
-    from serve import runner
+    from fmtrade.serve import runner
 
     result = runner.down(settings(), address, config=config)
     if json_out:

@@ -35,8 +35,8 @@ def pretrain(
     json_out: bool = JSON_OPTION,
 ) -> None:
     """Pretrain a zoo architecture on synthetic, KernelSynth and stored series with Ray Train."""
-    from train.pretrain import PretrainParams
-    from train.pretrain import pretrain as run_pretrain
+    from fmtrade.train.pretrain import PretrainParams
+    from fmtrade.train.pretrain import pretrain as run_pretrain
 
     cfg = settings()
     params = PretrainParams(
@@ -84,10 +84,10 @@ def finetune(
     json_out: bool = JSON_OPTION,
 ) -> None:
     """LoRA fine-tuning of a registry model per symbol (or pooled); prints zero-shot vs fine-tuned metrics."""
+    from fmtrade.train.lora import FinetuneParams
+    from fmtrade.train.lora import finetune as run_finetune
+    from fmtrade.train.tune import TuneSpace
     from fmtrade.training import LoraParams
-    from train.lora import FinetuneParams
-    from train.lora import finetune as run_finetune
-    from train.tune import TuneSpace
 
     cfg = settings()
     targets = None if target_modules == "auto" else tuple(split_csv(target_modules, "--target-modules"))

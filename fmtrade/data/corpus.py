@@ -11,7 +11,7 @@ Splits are by time, per series, so no validation target is ever trained on: the
 training part ends ``gap`` bars (at least the horizon) before the split point, and
 every validation window's *target* starts at or after it (its context may reach back
 into older bars, as a forecast's would). A source is a plain dict so that Ray Data
-can ship it to the task that expands it (:mod:`train.datasets`); the single-process
+can ship it to the task that expands it (:mod:`fmtrade.train.datasets`); the single-process
 pretraining loop of ``fmtrade models build --pretrain-minutes`` uses the same functions.
 """
 
