@@ -77,6 +77,24 @@ def market_store(tmp_path_factory: pytest.TempPathFactory):
     return store
 
 
+@pytest.fixture(scope="module")
+def _replay_server(market_store):
+    """One replay server over ``market_store`` per test module (starting one per test costs seconds)."""
+    from fmtrade.data.replay import ReplayServer
+
+    with ReplayServer(market_store) as server:
+        yield server
+
+
+@pytest.fixture
+def server(_replay_server):
+    """The module's replay server with no fault, the real clock and an empty request log."""
+    _replay_server.faults = None
+    _replay_server.now = None
+    _replay_server.reset_log()
+    return _replay_server
+
+
 def run_cli(argv: list[str], capsys: pytest.CaptureFixture[str]) -> tuple[int, str, str]:
     """Run the real ``fmtrade`` entry point in-process; returns (exit code, stdout, stderr)."""
     from fmtrade.cli import main

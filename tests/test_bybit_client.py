@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import threading
 import time
-from collections.abc import Iterator
 
 import httpx
 import pandas as pd
@@ -17,20 +16,6 @@ from fmtrade.data.replay import Faults, ReplayServer
 from fmtrade.errors import InputError
 
 SYMBOL = "AAAUSDT"
-
-
-@pytest.fixture(scope="module")
-def _server(market_store) -> Iterator[ReplayServer]:
-    with ReplayServer(market_store) as server:
-        yield server
-
-
-@pytest.fixture
-def server(_server: ReplayServer) -> ReplayServer:
-    _server.faults = None
-    _server.now = None
-    _server.reset_log()
-    return _server
 
 
 def make_client(server: ReplayServer, **kwargs) -> BybitClient:

@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import json
-from collections.abc import Iterator
 
 import httpx
 import pandas as pd
@@ -20,20 +19,6 @@ MS = 1_000_000
 
 def ms(ts: pd.Timestamp) -> int:
     return int(ts.value // MS)
-
-
-@pytest.fixture(scope="module")
-def _server(market_store: Store) -> Iterator[ReplayServer]:
-    with ReplayServer(market_store) as server:
-        yield server
-
-
-@pytest.fixture
-def server(_server: ReplayServer) -> ReplayServer:
-    _server.faults = None
-    _server.now = None
-    _server.reset_log()
-    return _server
 
 
 def get(server: ReplayServer, path: str, **params) -> dict:
