@@ -1,10 +1,10 @@
 """HTTP client of the fmtrade forecast service (``fmtrade forecast --url``, the demo, scripts).
 
-Returns the service's forecast document, which is the local ``fmtrade forecast
---json`` document plus per-model ``adapter`` / ``latency_ms``, ``last_value`` and
-``latency_ms``. Errors the service reports (4xx with a JSON detail naming the
-field, 503 with each member's reason) become :class:`fmtrade.errors.FmtradeError`
-with that text, so the CLI prints one line and exits 2.
+Returns the service's forecast document: the one ``fmtrade forecast --json`` prints
+(:class:`fmtrade.schemas.ForecastResponse`, built by :func:`fmtrade.forecasting.forecast_document`).
+Errors the service reports (4xx with a JSON detail naming the field, 503 with each
+member's reason) become :class:`fmtrade.errors.FmtradeError` with that text, so the
+CLI prints one line and exits 2.
 """
 
 from __future__ import annotations

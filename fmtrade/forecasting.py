@@ -1,11 +1,8 @@
-"""One forecast document for one symbol: every model, the ensemble, what failed.
+"""One forecast document for one series: every model, the ensemble, what failed.
 
-The CLI (``fmtrade forecast --json``) and the HTTP API return the same document::
-
-    {"symbol", "horizon", "timestamps": [ISO...],
-     "models": {NAME: {"mean": [...], "quantiles": {"0.1": [...], ...}}},
-     "ensemble": {"mean", "quantiles", "disagreement"},
-     "weights": {NAME: w}, "failed": {NAME: reason}}
+:func:`forecast_document` is the one builder of the document that ``fmtrade forecast --json``
+prints and the HTTP API answers (its shape: :class:`fmtrade.schemas.ForecastResponse`); the
+CLI calls it through :func:`forecast_symbol`, the service with the members' call facts.
 
 Models are loaded from the registry; one that fails to load or to forecast is
 reported under ``failed`` and left out of the ensemble, which fails only when no
@@ -15,7 +12,9 @@ model answered.
 from __future__ import annotations
 
 import logging
+import time
 from collections.abc import Mapping, Sequence
+from dataclasses import dataclass, field, replace
 from typing import Any
 
 import numpy as np
@@ -24,7 +23,7 @@ import pandas as pd
 from fmtrade.config import Settings
 from fmtrade.data.intervals import interval_offset
 from fmtrade.data.store import iso
-from fmtrade.ensemble import ENSEMBLE_NAME, Ensemble, EnsembleError
+from fmtrade.ensemble import ENSEMBLE_NAME, Ensemble, EnsembleError, EnsembleResult
 from fmtrade.errors import FmtradeError, InputError
 from fmtrade.models.base import Forecast, Forecaster
 from fmtrade.models.registry import ModelSpec, build_forecaster
@@ -32,6 +31,16 @@ from fmtrade.models.registry import ModelSpec, build_forecaster
 log = logging.getLogger(__name__)
 
 RANDOM_WALK = "random-walk"
+
+
+@dataclass(frozen=True)
+class MemberCalls:
+    """How the service called each member: the LoRA adapter, its wait (ms), the series in the
+    batched call. Left empty in-process: base models, one call with every row, not timed."""
+
+    adapters: dict[str, str | None] = field(default_factory=dict)
+    latency_ms: dict[str, float] = field(default_factory=dict)
+    batch_rows: dict[str, int] = field(default_factory=dict)
 
 
 def load_models(specs: Sequence[ModelSpec], settings: Settings) -> tuple[dict[str, Forecaster], dict[str, str]]:
@@ -58,6 +67,46 @@ def quantile_dict(forecast: Forecast, row: int = 0) -> dict[str, list[float]]:
 
 
 def forecast_document(
+    result: EnsembleResult,
+    row: int,
+    *,
+    symbol: str | None,
+    timestamps: list[str] | None,
+    elapsed_ms: float,
+    calls: MemberCalls | None = None,
+) -> dict[str, Any]:
+    """Row ``row`` of an ensemble result as the forecast document (``timestamps`` None for an
+    explicit context, ``elapsed_ms`` the time spent forecasting)."""
+    calls = calls or MemberCalls()
+    combined = result.ensemble
+    rows, horizon = combined.mean.shape
+    return {
+        "symbol": symbol,
+        "horizon": int(horizon),
+        "timestamps": timestamps,
+        "last_value": float(combined.last_values[row]),
+        "models": {
+            name: {
+                "mean": fc.mean[row].tolist(),
+                "quantiles": quantile_dict(fc, row),
+                "adapter": calls.adapters.get(name),
+                "latency_ms": calls.latency_ms.get(name),
+                "batch_size": calls.batch_rows.get(name, rows),
+            }
+            for name, fc in result.members.items()
+        },
+        ENSEMBLE_NAME: {
+            "mean": combined.mean[row].tolist(),
+            "quantiles": quantile_dict(combined, row),
+            "disagreement": combined.extras["disagreement"][row].tolist(),
+        },
+        "weights": result.weights,
+        "failed": result.failed,
+        "latency_ms": elapsed_ms,
+    }
+
+
+def forecast_symbol(
     symbol: str,
     closes: pd.Series,
     models: Mapping[str, Forecaster],
@@ -70,27 +119,16 @@ def forecast_document(
     time_budget_s: float | None = None,
 ) -> dict[str, Any]:
     """Forecast the ``horizon`` bars after the last close of ``closes`` with every model and
-    their weighted ensemble; ``failed`` carries models that could not even be loaded."""
+    their weighted ensemble, in this process; ``failed`` carries models that could not even be loaded."""
     if context < 2:
         raise InputError("context", f"must be at least 2 bars, got {context}")
     if not models:
         raise EnsembleError(failed or {})
     window = closes.iloc[-context:].to_numpy(dtype=np.float64)
     ensemble = Ensemble(models, {name: weights.get(name, 1.0) for name in models}, time_budget_s=time_budget_s)
+    start = time.perf_counter()
     result = ensemble.forecast([window], horizon, quantile_levels)
-    combined = result.ensemble
-    return {
-        "symbol": symbol,
-        "horizon": horizon,
-        "timestamps": future_timestamps(closes.index[-1], interval, horizon),
-        "models": {
-            name: {"mean": fc.mean[0].tolist(), "quantiles": quantile_dict(fc)} for name, fc in result.members.items()
-        },
-        ENSEMBLE_NAME: {
-            "mean": combined.mean[0].tolist(),
-            "quantiles": quantile_dict(combined),
-            "disagreement": combined.extras["disagreement"][0].tolist(),
-        },
-        "weights": result.weights,
-        "failed": {**(failed or {}), **result.failed},
-    }
+    elapsed_ms = (time.perf_counter() - start) * 1000.0
+    result = replace(result, failed={**(failed or {}), **result.failed})
+    stamps = future_timestamps(closes.index[-1], interval, horizon)
+    return forecast_document(result, 0, symbol=symbol, timestamps=stamps, elapsed_ms=elapsed_ms)

@@ -22,6 +22,7 @@ from ray.serve.handle import DeploymentHandle
 from fmtrade.config import Settings
 from fmtrade.ensemble import combine, normalise_weights
 from fmtrade.errors import InputError
+from fmtrade.forecasting import MemberCalls
 from fmtrade.models.base import Forecast, Forecaster
 from fmtrade.models.registry import ModelSpec, active_specs, build_forecaster, select_specs
 from fmtrade.models.zoo import adapter_dir
@@ -29,10 +30,10 @@ from fmtrade.serve.handles import rebind_all
 from fmtrade.serve.member_calls import MemberCall, MemberSender, Outcome
 from fmtrade.serve.messages import (
     EnsembleRequest,
-    EnsembleResult,
     MembersFailed,
     ModelRequest,
     ModelResult,
+    ServedResult,
     shift_rows,
 )
 from fmtrade.serve.options import AppConfig, ModelOptions
@@ -182,7 +183,7 @@ class FanOut:
     def _sender(self, handle: DeploymentHandle, options: ModelOptions) -> Callable[[MemberCall], Awaitable[Outcome]]:
         return MemberSender(handle, options.max_batch_size, options.in_flight_per_caller(), self.timeout_s).send
 
-    async def forecast(self, request: EnsembleRequest) -> EnsembleResult:
+    async def forecast(self, request: EnsembleRequest) -> ServedResult:
         names = request.models or tuple(self.members)
         outcomes = await asyncio.gather(*(self._member(name, request) for name in names))
         forecasts: dict[str, Forecast] = {}
@@ -204,8 +205,8 @@ class FanOut:
         if not forecasts:
             raise MembersFailed(failed, input_errors)
         weights = normalise_weights(self.weights, forecasts)
-        ensemble = combine(forecasts, weights)
-        return EnsembleResult(forecasts, ensemble, weights, failed, adapters, latency, batch_rows)
+        calls = MemberCalls(adapters, latency, batch_rows)
+        return ServedResult(combine(forecasts, weights), forecasts, weights, failed, calls)
 
     async def _member(self, name: str, request: EnsembleRequest) -> tuple[str, Outcome, float]:
         adapter = request.symbol if request.symbol and has_adapter(self.settings, name, request.symbol) else None
@@ -228,7 +229,7 @@ class EnsembleDeployment:
         cfg = AppConfig.parse(app_args)
         self.fan_out = FanOut(rebind_all(members), cfg, cfg.load_settings())
 
-    async def forecast(self, request: EnsembleRequest) -> EnsembleResult:
+    async def forecast(self, request: EnsembleRequest) -> ServedResult:
         return await self.fan_out.forecast(request)
 
     async def check_health(self) -> None:

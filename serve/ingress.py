@@ -1,6 +1,6 @@
 """The FastAPI ingress deployment: validates requests, reads symbols from the store,
-calls the ensemble and shapes the forecast document (the CLI's, plus per-model
-adapter and latency)."""
+calls the ensemble and answers the library's forecast document
+(:func:`fmtrade.forecasting.forecast_document`, the one ``fmtrade forecast --json`` prints)."""
 
 from __future__ import annotations
 
@@ -18,12 +18,12 @@ from fmtrade.data.closes import LatestCloses
 from fmtrade.data.intervals import check_category, check_interval
 from fmtrade.data.store import Store
 from fmtrade.errors import InputError
-from fmtrade.forecasting import future_timestamps, quantile_dict
+from fmtrade.forecasting import forecast_document, future_timestamps
 from fmtrade.models.base import check_quantile_levels
 from fmtrade.serve.api import UnknownSeries, create_api
 from fmtrade.serve.deployments import FanOut
 from fmtrade.serve.handles import rebind, rebind_all
-from fmtrade.serve.messages import EnsembleRequest, EnsembleResult, MembersFailed, context_row, unwrap
+from fmtrade.serve.messages import EnsembleRequest, MembersFailed, ServedResult, context_row, unwrap
 from fmtrade.serve.options import AppConfig
 from fmtrade.serve.schemas import BatchRequest, ForecastRequest, Options, Series
 
@@ -54,8 +54,7 @@ class Ingress:
     # Backend -----------------------------------------------------------------------------
     async def forecast(self, request: ForecastRequest) -> dict[str, Any]:
         start = time.perf_counter()
-        docs = await self._run(request, [Series(symbol=request.symbol, context=request.context)], batch=False)
-        docs[0]["latency_ms"] = (time.perf_counter() - start) * 1000.0
+        docs = await self._run(request, [Series(symbol=request.symbol, context=request.context)], False, start)
         return docs[0]
 
     async def forecast_batch(self, request: BatchRequest) -> dict[str, Any]:
@@ -63,11 +62,8 @@ class Ingress:
         if len(request.series) > self.limits.max_series:
             count = len(request.series)
             raise InputError("series", f"at most {self.limits.max_series} series per request, got {count}")
-        docs = await self._run(request, request.series, batch=True)
-        elapsed = (time.perf_counter() - start) * 1000.0
-        for doc in docs:
-            doc["latency_ms"] = elapsed
-        return {"results": docs, "latency_ms": elapsed}
+        docs = await self._run(request, request.series, True, start)
+        return {"results": docs, "latency_ms": docs[0]["latency_ms"]}
 
     async def models(self) -> list[dict[str, Any]]:
         info = await self._describe(list(self.members))  # fresh: adapters_loaded changes as adapters load
@@ -101,7 +97,8 @@ class Ingress:
             self._info.update(await self._describe(missing))
         return {n: self._info[n] for n in names}
 
-    async def _run(self, opts: Options, series: Sequence[Series], batch: bool) -> list[dict[str, Any]]:
+    async def _run(self, opts: Options, series: Sequence[Series], batch: bool, start: float) -> list[dict[str, Any]]:
+        """One forecast document per series; ``start`` is when the request arrived (perf_counter)."""
         names = self._select(opts.models)
         info = await self._limits(names)
         levels = self._levels(opts.quantiles)
@@ -127,7 +124,7 @@ class Ingress:
         for i, item in enumerate(series):
             groups.setdefault(item.symbol, []).append(i)
 
-        async def call(symbol: str | None, idx: list[int]) -> EnsembleResult:
+        async def call(symbol: str | None, idx: list[int]) -> ServedResult:
             request = EnsembleRequest([rows[i][0] for i in idx], horizon, levels, tuple(names), symbol)
             try:
                 if len(names) == 1:  # nothing to combine: skip the ensemble hop
@@ -137,10 +134,13 @@ class Ingress:
                 raise _as_input_error(unwrap(exc), idx, batch) from None
 
         results = await asyncio.gather(*(call(symbol, idx) for symbol, idx in groups.items()))
+        elapsed_ms = (time.perf_counter() - start) * 1000.0
         docs: list[dict[str, Any]] = [{}] * len(series)
-        for (_, idx), result in zip(groups.items(), results, strict=True):
+        for (symbol, idx), result in zip(groups.items(), results, strict=True):
             for row, i in enumerate(idx):
-                docs[i] = _document(series[i].symbol, horizon, rows[i][1], result, row)
+                docs[i] = forecast_document(
+                    result, row, symbol=symbol, timestamps=rows[i][1], elapsed_ms=elapsed_ms, calls=result.calls
+                )
         return docs
 
     def _select(self, models: list[str] | None) -> list[str]:
@@ -190,36 +190,6 @@ class Ingress:
         if window is None:
             raise UnknownSeries(f"{prefix}symbol", f"no {category}/{interval} bars stored for {symbol}")
         return window
-
-
-def _document(
-    symbol: str | None, horizon: int, timestamps: list[str] | None, result: EnsembleResult, row: int
-) -> dict[str, Any]:
-    """The CLI's forecast document for batch row ``row``, with adapter and latency per model."""
-    ens = result.ensemble
-    return {
-        "symbol": symbol,
-        "horizon": horizon,
-        "timestamps": timestamps,
-        "last_value": float(ens.last_values[row]),
-        "models": {
-            name: {
-                "mean": fc.mean[row].tolist(),
-                "quantiles": quantile_dict(fc, row),
-                "adapter": result.adapters.get(name),
-                "latency_ms": result.latency_ms.get(name, 0.0),
-                "batch_size": result.batch_rows.get(name, 0),
-            }
-            for name, fc in result.forecasts.items()
-        },
-        "ensemble": {
-            "mean": ens.mean[row].tolist(),
-            "quantiles": quantile_dict(ens, row),
-            "disagreement": ens.extras["disagreement"][row].tolist(),
-        },
-        "weights": result.weights,
-        "failed": result.failed,
-    }
 
 
 def _as_input_error(exc: BaseException, rows: list[int], batch: bool) -> BaseException:

@@ -11,7 +11,9 @@ from dataclasses import dataclass, field
 
 import numpy as np
 
+from fmtrade.ensemble import EnsembleResult
 from fmtrade.errors import InputError
+from fmtrade.forecasting import MemberCalls
 from fmtrade.models.base import Forecast
 
 
@@ -57,14 +59,10 @@ class EnsembleRequest:
 
 
 @dataclass(frozen=True)
-class EnsembleResult:
-    forecasts: dict[str, Forecast]
-    ensemble: Forecast
-    weights: dict[str, float]
-    failed: dict[str, str]
-    adapters: dict[str, str | None]
-    latency_ms: dict[str, float] = field(default_factory=dict)
-    batch_rows: dict[str, int] = field(default_factory=dict)
+class ServedResult(EnsembleResult):
+    """The ensemble's answer plus how each member was called (adapter, wait, batch)."""
+
+    calls: MemberCalls = field(default_factory=MemberCalls)
 
 
 class MembersFailed(Exception):

@@ -1,5 +1,8 @@
 """Request and response bodies of the HTTP API (FastAPI builds the OpenAPI document from them).
 
+A forecast's answer is the library's forecast document (:class:`fmtrade.schemas.ForecastResponse`),
+the one ``fmtrade forecast --json`` prints.
+
 Structural checks live here (types, finite numbers, exactly one of symbol/context);
 limits that come from the application config (longest context, most quantiles,
 each model's horizon) are checked by the ingress and reported the same way: a 422
@@ -14,6 +17,7 @@ from pydantic import BaseModel, ConfigDict, Field, field_validator, model_valida
 
 from fmtrade.data.intervals import BYBIT_INTERVALS, CATEGORIES
 from fmtrade.models.base import DEFAULT_QUANTILES
+from fmtrade.schemas import ForecastResponse
 
 # Strict: a JSON number only. Lax parsing would read `true` as the price 1.0 and "101.5" as 101.5.
 FiniteFloat = Annotated[float, Field(allow_inf_nan=False, strict=True)]
@@ -61,33 +65,6 @@ class ForecastRequest(Series, Options):
 
 class BatchRequest(Options):
     series: list[Series] = Field(min_length=1)
-
-
-class Quantiles(BaseModel):
-    mean: list[float]
-    quantiles: dict[str, list[float]]
-
-
-class ModelForecast(Quantiles):
-    adapter: str | None = Field(None, description="LoRA adapter used (None: the base model)")
-    latency_ms: float = Field(description="Ensemble-side wait for this member, ms")
-    batch_size: int = Field(description="Series in the batched model call this request rode in")
-
-
-class EnsembleForecast(Quantiles):
-    disagreement: list[float]
-
-
-class ForecastResponse(BaseModel):
-    symbol: str | None
-    horizon: int
-    timestamps: list[str] | None = Field(description="Open times of the forecast bars (None for explicit contexts)")
-    last_value: float
-    models: dict[str, ModelForecast]
-    ensemble: EnsembleForecast
-    weights: dict[str, float]
-    failed: dict[str, str] = Field(description="Members dropped from this answer, with the reason")
-    latency_ms: float = Field(description="Time spent answering the request inside the service")
 
 
 class BatchResponse(BaseModel):

@@ -12,7 +12,7 @@ from fmtrade.config import load_settings
 from fmtrade.models.zoo import build_zoo
 from tests.conftest import run_cli
 
-KEYS = {"symbol", "horizon", "timestamps", "models", "ensemble", "weights", "failed"}
+KEYS = {"symbol", "horizon", "timestamps", "last_value", "models", "ensemble", "weights", "failed", "latency_ms"}
 
 
 def _forecast(store, capsys, *args: str) -> tuple[int, str, str]:
@@ -35,7 +35,7 @@ def test_forecast_json_schema(market_store, capsys: pytest.CaptureFixture[str]) 
     assert doc["timestamps"] == expected
     assert list(doc["models"]) == models
     for member in doc["models"].values():
-        assert set(member) == {"mean", "quantiles"}
+        assert set(member) == {"mean", "quantiles", "adapter", "latency_ms", "batch_size"}
         assert list(member["quantiles"]) == ["0.1", "0.5", "0.9"]
         assert all(len(v) == 12 for v in [member["mean"], *member["quantiles"].values()])
         q = np.array(list(member["quantiles"].values()))

@@ -11,7 +11,7 @@ from fmtrade.data.intervals import check_category, check_interval
 from fmtrade.data.store import Store
 from fmtrade.ensemble import ENSEMBLE_NAME
 from fmtrade.errors import InputError
-from fmtrade.forecasting import forecast_document, load_models
+from fmtrade.forecasting import forecast_symbol, load_models
 from fmtrade.models.base import check_quantile_levels
 from fmtrade.models.registry import active_specs, select_specs
 
@@ -57,7 +57,7 @@ def forecast(
         raise InputError("context", f"{context} bars requested but only {len(closes)} are stored for {symbol}")
     loaded, failed = load_models(specs, cfg)
     weights = {s.name: s.weight for s in specs}
-    doc = forecast_document(symbol, closes, loaded, weights, interval, horizon, levels, context, failed)
+    doc = forecast_symbol(symbol, closes, loaded, weights, interval, horizon, levels, context, failed)
     if json_out:
         emit_json(doc)
         return
