@@ -8,7 +8,7 @@ import numpy as np
 import pytest
 
 from fmtrade.errors import InputError
-from fmtrade.models.base import Forecast, Forecaster, impute_forward, magnitude_exponent
+from fmtrade.models.base import Forecast, Forecaster, fill_forward, impute_forward, magnitude_exponent
 
 
 class LastValueSpread(Forecaster):
@@ -114,6 +114,33 @@ def test_take_and_concat_round_trip() -> None:
     np.testing.assert_array_equal(again.last_values, fc.last_values)
 
 
-def test_impute_forward_drops_leading_nans() -> None:
-    out = impute_forward(np.array([np.nan, 1.0, np.nan, np.nan, 4.0, np.nan]))
-    np.testing.assert_array_equal(out, [1.0, 1.0, 1.0, 4.0, 4.0])
+def test_impute_forward_drops_leading_nans_fill_forward_keeps_them() -> None:
+    context = np.array([np.nan, 1.0, np.nan, np.nan, 4.0, np.nan])
+    np.testing.assert_array_equal(impute_forward(context), [1.0, 1.0, 1.0, 4.0, 4.0])
+    np.testing.assert_array_equal(fill_forward(context), [np.nan, 1.0, 1.0, 1.0, 4.0, 4.0])
+
+
+class CovariateRecorder(LastValueSpread):
+    """LastValueSpread that takes a covariate and records each row and covariates it was given."""
+
+    covariates = ("volume",)
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.seen: list[tuple[np.ndarray, dict | None]] = []
+
+    def _predict(self, contexts, horizon, quantile_levels, covariates, seeds):
+        self.seen.extend(zip(contexts, covariates, strict=True))
+        return super()._predict(contexts, horizon, quantile_levels, covariates, seeds)
+
+
+def test_missing_last_value_keeps_covariates_aligned() -> None:
+    """A leading NaN and a missing last value used to shorten the context (leading NaNs dropped
+    while filling the last value), and its covariates of the same bars were then refused."""
+    model = CovariateRecorder()
+    volume = np.arange(10.0, 16.0)
+    fc = model.forecast([[np.nan, 2.0, 3.0, np.nan, 5.0, np.nan]], 2, covariates=[{"volume": volume}])
+    [(context, covariates)] = model.seen
+    np.testing.assert_array_equal(context, [np.nan, 2.0, 3.0, 3.0, 5.0, 5.0])
+    np.testing.assert_array_equal(covariates["volume"], volume)
+    np.testing.assert_array_equal(fc.last_values, [5.0])

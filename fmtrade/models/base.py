@@ -40,15 +40,6 @@ Covariates = Mapping[str, np.ndarray]
 NEURAL_WORKING_RANGE: tuple[float, float] = (2.0**-10, 2.0**50)
 
 
-def check_constructor_args(family: str, options: Mapping[str, object], context_length: int | None) -> None:
-    """The checks every neural adapter's constructor makes before loading weights: no option it
-    did not consume, and a positive ``context_length`` when one is given."""
-    if options:
-        raise InputError("options", f"unknown option(s) for {family}: {', '.join(sorted(options))}")
-    if context_length is not None and context_length < 1:
-        raise InputError("context_length", f"must be positive, got {context_length}")
-
-
 def check_quantile_levels(levels: Sequence[float], field_name: str = "quantiles") -> tuple[float, ...]:
     """Levels must be finite, strictly inside (0, 1), unique; returned sorted."""
     values = [float(q) for q in levels]
@@ -174,18 +165,22 @@ def interpolate_quantiles(quantiles: np.ndarray, levels: Sequence[float], target
     return quantiles[..., idx] + weight * (quantiles[..., idx + 1] - quantiles[..., idx])
 
 
+def fill_forward(context: np.ndarray) -> np.ndarray:
+    """Fill NaNs with the last valid value before them: what a trader would have known at the
+    time. Leading NaNs (nothing known yet) stay, so the length, and the alignment with covariates
+    of the same bars, is kept."""
+    idx = np.where(np.isfinite(context), np.arange(context.size), 0)
+    np.maximum.accumulate(idx, out=idx)
+    return context[idx]  # a leading position maps to index 0, itself NaN
+
+
 def impute_forward(context: np.ndarray) -> np.ndarray:
-    """Fill NaNs with the last valid value (leading NaNs are dropped): what a trader would
-    have known at the time. Used by models without native missing-value masking."""
+    """:func:`fill_forward` without the leading NaNs: a gap-free series for models without native
+    missing-value masking."""
     valid = np.isfinite(context)
     if valid.all():
         return context
-    first = int(np.argmax(valid))
-    trimmed = context[first:].copy()
-    mask = np.isfinite(trimmed)
-    idx = np.where(mask, np.arange(trimmed.size), 0)
-    np.maximum.accumulate(idx, out=idx)
-    return trimmed[idx]
+    return fill_forward(context)[int(np.argmax(valid)) :]
 
 
 def context_seed(context: np.ndarray) -> int:
@@ -294,8 +289,9 @@ class Forecaster(abc.ABC):
     ) -> tuple[np.ndarray, np.ndarray]:
         """Return ``(mean [b, H], quantiles [b, H, Q])`` for one validated chunk.
 
-        Contexts are float64, truncated to ``max_context``, may hold NaNs (not all),
-        and have at least ``min_context`` finite values.
+        Contexts are float64, truncated to ``max_context``, may hold NaNs (not all, and not
+        the last value: a missing last value is filled forward), and have at least
+        ``min_context`` finite values.
         """
 
     # Validation ---------------------------------------------------------------------
@@ -327,7 +323,7 @@ class Forecaster(abc.ABC):
                 f"contexts[{row}]", f"has {finite} finite values; {self.name} needs at least {self.min_context}"
             )
         if not np.isfinite(arr[-1]):
-            arr = impute_forward(arr)
+            arr = fill_forward(arr)  # not impute_forward: covariates of the same bars stay aligned
         return arr
 
     def _check_covariates(self, covs: Covariates | None, row: int, length: int) -> Covariates | None:
