@@ -1,23 +1,9 @@
-"""Training steps for every model family, without Ray.
+"""Training steps for every neural model family, without Ray.
 
-Each family trains with its own objective, computed by its own library wherever the
-library has one:
-
-* ``chronos`` (T5 tokens): the library's tokenizer turns context and target into
-  token ids (mean scaling, uniform bins); the loss is the T5 model's own
-  cross-entropy over the target tokens (``labels``; missing values are ignored).
-* ``chronos-bolt``: ``ChronosBoltModelForForecasting.forward(context, target=...)``
-  returns its quantile (pinball) loss.
-* ``chronos2``: ``Chronos2Model.forward(context, future_target=...)`` returns its
-  quantile loss (every row its own group, as in univariate forecasting).
-* ``timesfm``: the ``timesfm`` package has no training code, so the loss is written
-  here, on the package's module and normalisation: every input patch is normalised
-  with the running mean/std the package's decoder uses, and both heads are scored
-  on the values that follow that patch (decoder-only training, as in the TimesFM
-  paper; patches with less than four patches of context are not scored): squared
-  error for the mean channel, pinball loss for the quantile channels of the point
-  head and of the continuous quantile head.
-* ``lagllama``: ``LagLlamaModel.forward(values)`` returns its Student-t NLL.
+Each family trains with its own objective, which sits beside its adapter
+(:meth:`fmtrade.models.neural.NeuralForecaster.objective`; computed by the family's own
+library wherever the library has one), and is saved in its native format by the adapter
+(:meth:`~fmtrade.models.neural.NeuralForecaster.save_checkpoint`).
 
 :class:`TrainingRun` holds one model being trained (full weights, or peft LoRA on
 the family's ``lora_target_modules``); its module is the forecaster's own, so the
@@ -29,7 +15,6 @@ wrap the same :class:`TrainingRun` in DistributedDataParallel.
 
 from __future__ import annotations
 
-import abc
 import logging
 import math
 import shutil
@@ -46,28 +31,17 @@ import torch
 from fmtrade.data.corpus import CorpusParams, corpus_sources, source_series, split_windows
 from fmtrade.errors import InputError
 from fmtrade.io import write_dir_atomic
-from fmtrade.models.base import Forecaster
+from fmtrade.models.neural import NeuralForecaster
+from fmtrade.models.objective import Geometry
 from fmtrade.models.recipes import zoo_pretrain_lr
+from fmtrade.models.registry import ADAPTERS, adapter_class
 
 log = logging.getLogger(__name__)
 
-FAMILIES: tuple[str, ...] = ("chronos", "chronos-bolt", "chronos2", "timesfm", "lagllama")
-#: Longest context the training windows use (the zoo models' context length).
-MAX_TRAIN_CONTEXT = 512
+#: The trainable families: every registry adapter with weights.
+FAMILIES: tuple[str, ...] = tuple(key for key, adapter in ADAPTERS.items() if adapter.needs_checkpoint)
 #: Windows held out for the validation loss (the first ones, so every evaluation sees the same set).
 MAX_VAL_WINDOWS = 256
-
-
-@dataclass(frozen=True)
-class Geometry:
-    """Training windows: ``context`` values in, ``horizon`` values scored."""
-
-    context: int
-    horizon: int
-
-    @property
-    def length(self) -> int:
-        return self.context + self.horizon
 
 
 @dataclass(frozen=True)
@@ -92,187 +66,10 @@ def check_family(family: str, field: str = "arch") -> str:
     return family
 
 
-def load_for_training(family: str, checkpoint: str, device: str = "cpu") -> Forecaster:
+def load_for_training(family: str, checkpoint: str, device: str = "cpu") -> NeuralForecaster:
     """The family's forecaster on ``checkpoint`` in float32 (through the adapter's real loader)."""
-    from fmtrade.models.registry import adapter_class
-
     check_family(family)
     return adapter_class(family)(f"{family}-training", checkpoint, device=device, dtype="float32")
-
-
-# Objectives ------------------------------------------------------------------------------------
-
-
-class Objective(abc.ABC):
-    """A family's own loss on windows ``[B, context + horizon]`` of raw values (NaN = missing)."""
-
-    def __init__(self, forecaster: Forecaster, context: int | None) -> None:
-        self.device = torch.device(forecaster.device)
-        native_context, horizon = self._native(forecaster)
-        self.geometry = Geometry(min(context or native_context, native_context), horizon)
-
-    @abc.abstractmethod
-    def _native(self, forecaster: Forecaster) -> tuple[int, int]:
-        """(longest training context, training horizon) of the family."""
-
-    @abc.abstractmethod
-    def loss(self, model: torch.nn.Module, windows: torch.Tensor) -> torch.Tensor:
-        """Scalar loss; ``model`` is the module to call (possibly peft- or DDP-wrapped)."""
-
-    def _split(self, windows: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-        w = windows.to(self.device, torch.float32)
-        return w[:, : self.geometry.context], w[:, self.geometry.context :]
-
-
-class ChronosTokenObjective(Objective):
-    """Chronos T5: cross-entropy of the target tokens (the library's tokenizer and T5 ``labels``)."""
-
-    def _native(self, forecaster: Forecaster) -> tuple[int, int]:
-        self.tokenizer = forecaster.pipeline.tokenizer
-        config = forecaster.pipeline.model.config
-        return min(config.context_length, MAX_TRAIN_CONTEXT), config.prediction_length
-
-    def loss(self, model: torch.nn.Module, windows: torch.Tensor) -> torch.Tensor:
-        context, target = self._split(windows.cpu())
-        ids, mask, scale = self.tokenizer.context_input_transform(context.cpu())
-        labels, labels_mask = self.tokenizer.label_input_transform(target.cpu(), scale)
-        labels[labels_mask == 0] = -100  # missing target values are not scored
-        out = model(input_ids=ids.to(self.device), attention_mask=mask.to(self.device), labels=labels.to(self.device))
-        return out.loss
-
-
-class ChronosBoltObjective(Objective):
-    """Chronos-Bolt: the model's own quantile loss (``forward(context, target=...)``)."""
-
-    def _native(self, forecaster: Forecaster) -> tuple[int, int]:
-        config = forecaster.module.chronos_config
-        return min(config.context_length, MAX_TRAIN_CONTEXT), config.prediction_length
-
-    def loss(self, model: torch.nn.Module, windows: torch.Tensor) -> torch.Tensor:
-        context, target = self._split(windows)
-        return model(context=context, target=target).loss
-
-
-class Chronos2Objective(Objective):
-    """Chronos-2: the model's own quantile loss (``forward(context, future_target=...)``), univariate groups."""
-
-    def _native(self, forecaster: Forecaster) -> tuple[int, int]:
-        config = forecaster.module.chronos_config
-        self.patch = config.output_patch_size
-        return min(config.context_length, MAX_TRAIN_CONTEXT), config.output_patch_size * config.max_output_patches
-
-    def loss(self, model: torch.nn.Module, windows: torch.Tensor) -> torch.Tensor:
-        context, target = self._split(windows)
-        groups = torch.arange(context.shape[0], device=self.device)
-        patches = math.ceil(target.shape[1] / self.patch)
-        return model(context=context, group_ids=groups, num_output_patches=patches, future_target=target).loss
-
-
-class TimesFMObjective(Objective):
-    """TimesFM 2.5: per-patch normalisation as in the package's decoder; MSE on the mean channel and
-    pinball loss on the quantile channels of both heads, for the values following every input patch
-    that has at least :attr:`MIN_PATCHES` patches of context."""
-
-    MIN_PATCHES = 4
-
-    def _native(self, forecaster: Forecaster) -> tuple[int, int]:
-        self.core = forecaster.module  # the unwrapped module: patch sizes and quantile levels
-        self.levels = torch.tensor(self.core.config.quantiles, dtype=torch.float32, device=self.device)
-        patch = self.core.p
-        return MAX_TRAIN_CONTEXT // patch * patch, self.core.o
-
-    def loss(self, model: torch.nn.Module, windows: torch.Tensor) -> torch.Tensor:
-        from timesfm.torch.util import revin, update_running_stats
-
-        core, p = self.core, self.core.p
-        w = windows.to(self.device, torch.float32)
-        b, length = w.shape
-        n = self.geometry.context // p
-        observed = torch.isfinite(w)
-        x = torch.where(observed, w, 0.0)
-        patches = x[:, : n * p].reshape(b, n, p)
-        missing = ~observed[:, : n * p].reshape(b, n, p)
-        stats = (torch.zeros(b, device=w.device), torch.zeros(b, device=w.device), torch.zeros(b, device=w.device))
-        mus, sigmas = [], []
-        for i in range(n):  # causal running statistics: patch i is normalised by patches 0..i
-            stats, _ = update_running_stats(*stats, patches[:, i], missing[:, i])
-            mus.append(stats[1])
-            sigmas.append(stats[2])
-        mu, sigma = torch.stack(mus, 1), torch.stack(sigmas, 1)
-        normed = torch.where(missing, 0.0, revin(patches, mu, sigma))
-        (_, _, point, spread), _ = model(normed, missing)
-        point = point.reshape(b, n, core.o, core.q)
-        spread = spread.reshape(b, n, core.os, core.q)
-        # Score positions with at least MIN_PATCHES patches of context: after one 32-value patch the
-        # normalised 128-step target of a random walk has a variance that swamps everything else.
-        k = min(self.MIN_PATCHES, n) - 1
-        spread = spread[:, k:, : min(core.os, length - p)]
-        head = (point[:, k:], spread)
-        return sum(self._head_loss(pred, x, observed, mu[:, k:], sigma[:, k:], k) for pred in head)
-
-    def _head_loss(
-        self,
-        pred: torch.Tensor,
-        x: torch.Tensor,
-        observed: torch.Tensor,
-        mu: torch.Tensor,
-        sigma: torch.Tensor,
-        first: int,
-    ) -> torch.Tensor:
-        """``pred [b, n, S, q]`` for the S values after patches ``first..first + n - 1``, scored in each
-        patch's normalised units."""
-        from timesfm.torch.util import revin
-
-        _, n, steps, _ = pred.shape
-        length = x.shape[1]
-        ends = torch.arange(first + 1, first + n + 1, device=x.device) * self.core.p
-        idx = ends[:, None] + torch.arange(steps, device=x.device)
-        valid = idx < length
-        idx = idx.clamp(max=length - 1)
-        target = revin(x[:, idx], mu, sigma)
-        mask = (observed[:, idx] & valid).float()
-        err = target[..., None] - pred[..., 1:]
-        pinball = torch.maximum(self.levels * err, (self.levels - 1.0) * err).sum(-1)
-        loss = (pred[..., 0] - target) ** 2 + 2.0 * pinball
-        return (loss * mask).sum() / mask.sum().clamp_min(1.0)
-
-
-class LagLlamaObjective(Objective):
-    """Lag-Llama: the model's own Student-t NLL (``forward(values)``) over context + prediction tokens."""
-
-    def _native(self, forecaster: Forecaster) -> tuple[int, int]:
-        config = forecaster.module.config
-        return config.max_lag + config.context_length, config.prediction_length
-
-    def loss(self, model: torch.nn.Module, windows: torch.Tensor) -> torch.Tensor:
-        return model(windows.to(self.device, torch.float32))
-
-
-_OBJECTIVES: dict[str, type[Objective]] = {
-    "chronos": ChronosTokenObjective,
-    "chronos-bolt": ChronosBoltObjective,
-    "chronos2": Chronos2Objective,
-    "timesfm": TimesFMObjective,
-    "lagllama": LagLlamaObjective,
-}
-
-
-def objective_for(forecaster: Forecaster, context: int | None = None) -> Objective:
-    return _OBJECTIVES[check_family(forecaster.family)](forecaster, context)
-
-
-# Native checkpoints ----------------------------------------------------------------------------
-
-
-def save_native(family: str, module: torch.nn.Module, out_dir: Path) -> Path:
-    """Write ``module`` in the family's native on-disk format (what ``from_pretrained`` reads), atomically."""
-    if family == "timesfm":
-        from fmtrade.models.timesfm import save_timesfm_checkpoint
-
-        return save_timesfm_checkpoint(module, out_dir)
-    if family == "lagllama":
-        return module.save_pretrained(out_dir)
-    return write_dir_atomic(out_dir, lambda tmp: module.save_pretrained(tmp, safe_serialization=True))
 
 
 # One model being trained -----------------------------------------------------------------------
@@ -287,7 +84,7 @@ class TrainingRun:
 
     def __init__(
         self,
-        forecaster: Forecaster,
+        forecaster: NeuralForecaster,
         *,
         lr: float = 1e-3,
         weight_decay: float = 0.0,
@@ -300,7 +97,7 @@ class TrainingRun:
             raise InputError("lr", f"must be positive, got {lr}")
         self.forecaster = forecaster
         self.family = forecaster.family
-        self.objective = objective_for(forecaster, context)
+        self.objective = forecaster.objective(context)
         self.module: torch.nn.Module = forecaster.module
         self.lora = lora
         self.net: torch.nn.Module = self._wrap_lora(lora) if lora is not None else self.module
@@ -398,7 +195,7 @@ class TrainingRun:
         try:
             if self.lora is not None:
                 return write_dir_atomic(out_dir, lambda tmp: self.net.save_pretrained(str(tmp)))
-            return save_native(self.family, self.module, out_dir)
+            return self.forecaster.save_checkpoint(out_dir)
         finally:
             if current is not None:
                 self.load_weights(current)

@@ -44,7 +44,7 @@ from fmtrade.models.zoo import adapters_root, publish_dir
 from fmtrade.train.datasets import WindowSpec, window_datasets
 from fmtrade.train.loop import LoopConfig, fit, publish_model, summary
 from fmtrade.train.tune import TuneSpace, sweep
-from fmtrade.training import FAMILIES, LoraParams, load_for_training, objective_for
+from fmtrade.training import FAMILIES, LoraParams, load_for_training
 
 POOLED = "pooled"
 TABLE_KEYS = ("mape", "wql", "coverage_80", "directional_accuracy", "mae", "windows")
@@ -110,7 +110,7 @@ def finetune(settings: Settings, params: FinetuneParams) -> dict[str, Any]:
     zero_shot = load_for_training(spec.family, checkpoint)
     if params.horizon > zero_shot.max_horizon:
         raise InputError("horizon", f"{params.horizon} exceeds {params.base}'s max_horizon {zero_shot.max_horizon}")
-    geometry = objective_for(zero_shot).geometry
+    geometry = zero_shot.objective().geometry
     if params.horizon > geometry.horizon:
         raise InputError("horizon", f"{params.horizon} exceeds the {spec.family} training horizon {geometry.horizon}")
     init_ray(settings.cluster.address, settings.cluster.num_cpus)

@@ -60,13 +60,13 @@ def load_with_hint(checkpoint: str, loader: Callable[[str], T], model: str) -> T
         ) from exc
 
 
-def apply_lora_adapter(module: torch.nn.Module, adapter: str, device: str | None = None) -> torch.nn.Module:
-    """Load a peft LoRA adapter directory into ``module`` and merge it into the weights (in place;
-    the merged module is returned): inference then pays nothing for the adapter."""
+def apply_lora_adapter(module: torch.nn.Module, adapter: str, device: str) -> torch.nn.Module:
+    """Load a peft LoRA adapter directory into ``module`` (already on ``device``) and merge it into
+    the weights (in place; the merged module is returned): inference then pays nothing for the
+    adapter. The adapter's weights are read onto ``device`` too (peft would pick a device itself)."""
     from peft import PeftModel
 
     path = Path(adapter).expanduser()
     if not (path / "adapter_config.json").is_file():
         raise InputError("adapter", f"{path} is not a peft adapter directory (no adapter_config.json)")
-    kwargs = {"torch_device": device} if device else {}
-    return PeftModel.from_pretrained(module, str(path), **kwargs).merge_and_unload()
+    return PeftModel.from_pretrained(module, str(path), torch_device=device).merge_and_unload()

@@ -27,6 +27,7 @@ Design notes (also in the README):
 
 from __future__ import annotations
 
+import math
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any, ClassVar
@@ -51,9 +52,10 @@ from transformers.modeling_outputs import BaseModelOutput
 
 from fmtrade.errors import InputError
 from fmtrade.io import write_dir_atomic
-from fmtrade.models.base import NEURAL_WORKING_RANGE, Covariates, Forecaster, check_constructor_args
-from fmtrade.models.checkpoints import ModelLoadError, apply_lora_adapter, load_with_hint
-from fmtrade.models.device import resolve_device, resolve_dtype
+from fmtrade.models.base import Covariates
+from fmtrade.models.checkpoints import ModelLoadError
+from fmtrade.models.neural import NeuralForecaster
+from fmtrade.models.objective import MAX_TRAIN_CONTEXT, Objective
 
 #: Longest horizon, as a multiple of the model's native prediction length (autoregressive unrolling).
 LONG_HORIZON_FACTOR = 4
@@ -78,51 +80,32 @@ _BOLT_QUANTILES = [0.1, 0.2, 0.3, 0.4, 0.5, 0.6, 0.7, 0.8, 0.9]  # the Bolt heur
 _CHRONOS2_QUANTILES = [0.01, 0.05, *(round(0.1 + 0.05 * i, 2) for i in range(17)), 0.95, 0.99]
 
 
-class _ChronosFamily(Forecaster):
-    """Loading, device placement, LoRA adapters and native-quantile handling shared by the family."""
+class _ChronosFamily(NeuralForecaster):
+    """Pipeline loading, limits, native saving and native-quantile handling shared by the family."""
 
     pipeline_class: ClassVar[type[BaseChronosPipeline]]
-    working_range = NEURAL_WORKING_RANGE
     lora_target_modules: ClassVar[tuple[str, ...]] = LORA_TARGET_MODULES
+    pipeline: BaseChronosPipeline
 
-    def __init__(
-        self,
-        name: str,
-        checkpoint: str,
-        *,
-        device: str = "auto",
-        dtype: str = "auto",
-        max_batch_size: int = 256,
-        context_length: int | None = None,
-        **options: Any,
-    ) -> None:
-        self.name = name
-        adapter = options.pop("adapter", None)
-        self._take_options(options)
-        check_constructor_args(self.family, options, context_length)
-        self.device = resolve_device(device)
-        self.torch_dtype = resolve_dtype(dtype, self.device)
-        self.pipeline = load_with_hint(checkpoint, self._load, name)
-        if adapter is not None:
-            apply_lora_adapter(self.pipeline.inner_model, adapter, self.device)
-        self.module: torch.nn.Module = self.pipeline.inner_model
-        limit = int(self.pipeline.model_context_length)
-        self.max_context = min(context_length or limit, limit)
-        self.max_horizon = int(self.pipeline.model_prediction_length) * LONG_HORIZON_FACTOR
-        self.max_batch_size = int(max_batch_size)
+    def _load(self, source: str) -> torch.nn.Module:
+        self.pipeline = self._pipeline(source)
+        return self.pipeline.inner_model
 
-    def _take_options(self, options: dict[str, Any]) -> None:
-        """Consume family-specific options (leftovers are reported as unknown)."""
-
-    def _load(self, source: str) -> BaseChronosPipeline:
+    def _pipeline(self, source: str) -> BaseChronosPipeline:
+        """The library's pipeline for ``source``, refused when it is another family's."""
         pipeline = BaseChronosPipeline.from_pretrained(source, dtype=self.torch_dtype)
         if not isinstance(pipeline, self.pipeline_class):
             raise ModelLoadError(
                 f"{self.name}: {source} holds a {type(pipeline).__name__} checkpoint, "
                 f"but adapter {self.family!r} needs a {self.pipeline_class.__name__} one"
             )
-        pipeline.inner_model.to(self.device).eval()
         return pipeline
+
+    def _limits(self) -> tuple[int, int]:
+        return int(self.pipeline.model_context_length), int(self.pipeline.model_prediction_length) * LONG_HORIZON_FACTOR
+
+    def save_checkpoint(self, out_dir: Path) -> Path:
+        return write_dir_atomic(out_dir, lambda tmp: self.module.save_pretrained(tmp, safe_serialization=True))
 
     @staticmethod
     def _tensors(contexts: list[np.ndarray]) -> list[torch.Tensor]:
@@ -138,6 +121,56 @@ class _ChronosFamily(Forecaster):
         values = native.swapaxes(1, 2).float()
         out = interpolate_quantiles([0.5, *levels], native_levels, values).numpy()
         return out[..., 0], out[..., 1:]
+
+
+# Training objectives --------------------------------------------------------------------------
+
+
+class ChronosTokenObjective(Objective):
+    """Chronos T5: the library's tokenizer turns context and target into token ids (mean scaling,
+    uniform bins); the loss is the T5 model's own cross-entropy over the target tokens (``labels``;
+    missing values are not scored)."""
+
+    def _native(self, forecaster: NeuralForecaster) -> tuple[int, int]:
+        self.tokenizer = forecaster.pipeline.tokenizer
+        config = forecaster.pipeline.model.config
+        return min(config.context_length, MAX_TRAIN_CONTEXT), config.prediction_length
+
+    def loss(self, model: torch.nn.Module, windows: torch.Tensor) -> torch.Tensor:
+        context, target = self._split(windows.cpu())
+        ids, mask, scale = self.tokenizer.context_input_transform(context.cpu())
+        labels, labels_mask = self.tokenizer.label_input_transform(target.cpu(), scale)
+        labels[labels_mask == 0] = -100  # missing target values are not scored
+        out = model(input_ids=ids.to(self.device), attention_mask=mask.to(self.device), labels=labels.to(self.device))
+        return out.loss
+
+
+class ChronosBoltObjective(Objective):
+    """Chronos-Bolt: the model's own quantile (pinball) loss, ``forward(context, target=...)``."""
+
+    def _native(self, forecaster: NeuralForecaster) -> tuple[int, int]:
+        config = forecaster.module.chronos_config
+        return min(config.context_length, MAX_TRAIN_CONTEXT), config.prediction_length
+
+    def loss(self, model: torch.nn.Module, windows: torch.Tensor) -> torch.Tensor:
+        context, target = self._split(windows)
+        return model(context=context, target=target).loss
+
+
+class Chronos2Objective(Objective):
+    """Chronos-2: the model's own quantile loss, ``forward(context, future_target=...)``, every row
+    its own group (univariate forecasting)."""
+
+    def _native(self, forecaster: NeuralForecaster) -> tuple[int, int]:
+        config = forecaster.module.chronos_config
+        self.patch = config.output_patch_size
+        return min(config.context_length, MAX_TRAIN_CONTEXT), config.output_patch_size * config.max_output_patches
+
+    def loss(self, model: torch.nn.Module, windows: torch.Tensor) -> torch.Tensor:
+        context, target = self._split(windows)
+        groups = torch.arange(context.shape[0], device=self.device)
+        patches = math.ceil(target.shape[1] / self.patch)
+        return model(context=context, group_ids=groups, num_output_patches=patches, future_target=target).loss
 
 
 # Chronos (T5 token model) -------------------------------------------------------------------
@@ -242,14 +275,15 @@ class ChronosForecaster(_ChronosFamily):
     family = "chronos"
     stochastic = True
     pipeline_class = ChronosPipeline
+    objective_class = ChronosTokenObjective
 
     def _take_options(self, options: dict[str, Any]) -> None:
         self._num_samples = options.pop("num_samples", None)
         if self._num_samples is not None and (not isinstance(self._num_samples, int) or self._num_samples < 2):
             raise InputError("options.num_samples", f"must be an integer >= 2, got {self._num_samples!r}")
 
-    def _load(self, source: str) -> BaseChronosPipeline:
-        stock = super()._load(source)
+    def _pipeline(self, source: str) -> BaseChronosPipeline:
+        stock = super()._pipeline(source)
         seeded = _SeededChronosModel(stock.model.config, stock.model.model)
         return ChronosPipeline(tokenizer=stock.tokenizer, model=seeded)
 
@@ -279,9 +313,10 @@ class ChronosBoltForecaster(_ChronosFamily):
 
     family = "chronos-bolt"
     pipeline_class = ChronosBoltPipeline
+    objective_class = ChronosBoltObjective
 
-    def _load(self, source: str) -> BaseChronosPipeline:
-        pipeline = super()._load(source)
+    def _pipeline(self, source: str) -> BaseChronosPipeline:
+        pipeline = super()._pipeline(source)
         # Bolt's input embedding is ``shared`` (like T5's); transformers 5 cannot find it on its own,
         # and peft needs it to check tied weights before injecting LoRA layers.
         pipeline.inner_model._input_embed_layer = "shared"
@@ -313,6 +348,7 @@ class Chronos2Forecaster(_ChronosFamily):
     family = "chronos2"
     covariates = ("volume", "funding")
     pipeline_class = Chronos2Pipeline
+    objective_class = Chronos2Objective
 
     def _predict(
         self,

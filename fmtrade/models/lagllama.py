@@ -49,9 +49,9 @@ from torch import nn
 
 from fmtrade.errors import InputError
 from fmtrade.io import write_dir_atomic, write_json_atomic
-from fmtrade.models.base import NEURAL_WORKING_RANGE, Covariates, Forecaster, check_constructor_args
-from fmtrade.models.checkpoints import apply_lora_adapter, load_with_hint
-from fmtrade.models.device import resolve_device, resolve_dtype
+from fmtrade.models.base import Covariates
+from fmtrade.models.neural import NeuralForecaster
+from fmtrade.models.objective import Objective
 
 CONFIG_NAME = "config.json"
 WEIGHTS_NAME = "model.safetensors"
@@ -435,7 +435,18 @@ def build_lagllama_checkpoint(out_dir: Path, size: str = "tiny", seed: int = 0) 
 # Forecaster --------------------------------------------------------------------------------------
 
 
-class LagLlamaForecaster(Forecaster):
+class LagLlamaObjective(Objective):
+    """The model's own Student-t NLL (:meth:`LagLlamaModel.forward`) over context + prediction tokens."""
+
+    def _native(self, forecaster: NeuralForecaster) -> tuple[int, int]:
+        config = forecaster.module.config
+        return config.max_lag + config.context_length, config.prediction_length
+
+    def loss(self, model: torch.nn.Module, windows: torch.Tensor) -> torch.Tensor:
+        return model(windows.to(self.device, torch.float32))
+
+
+class LagLlamaForecaster(NeuralForecaster):
     """Lag-Llama sample-path forecasts: ``mean`` is the sample mean, quantiles are empirical
     sample quantiles (linear interpolation between order statistics, so levels below
     ``1 / num_samples`` or above ``1 - 1 / num_samples`` are the extreme samples).
@@ -445,42 +456,29 @@ class LagLlamaForecaster(Forecaster):
     """
 
     family = "lagllama"
-    working_range = NEURAL_WORKING_RANGE
     stochastic = True
     min_context = 2
     lora_target_modules: ClassVar[tuple[str, ...]] = LORA_TARGET_MODULES
+    objective_class = LagLlamaObjective
+    module: LagLlamaModel
 
-    def __init__(
-        self,
-        name: str,
-        checkpoint: str,
-        *,
-        device: str = "auto",
-        dtype: str = "auto",
-        max_batch_size: int = 256,
-        context_length: int | None = None,
-        **options: Any,
-    ) -> None:
-        self.name = name
-        adapter = options.pop("adapter", None)
+    def _take_options(self, options: dict[str, Any]) -> None:
         self.num_samples = int(options.pop("num_samples", 100))
         self.max_paths = int(options.pop("max_paths", 8192))
         if self.num_samples < 1:
             raise InputError("num_samples", f"must be positive, got {self.num_samples}")
         if self.max_paths < 1:
             raise InputError("max_paths", f"must be positive, got {self.max_paths}")
-        check_constructor_args(self.family, options, context_length)
-        self.device = resolve_device(device)
-        self.torch_dtype = resolve_dtype(dtype, self.device)
-        model = load_with_hint(checkpoint, LagLlamaModel.from_pretrained, name)
-        if adapter is not None:
-            model = apply_lora_adapter(model, adapter)
-        self.module: LagLlamaModel = model.to(self.device, self.torch_dtype).eval()
-        cfg = model.config
-        limit = cfg.context_length + cfg.max_lag
-        self.max_context = min(context_length or limit, limit)
-        self.max_horizon = 1024
-        self.max_batch_size = int(max_batch_size)
+
+    def _load(self, source: str) -> torch.nn.Module:
+        return LagLlamaModel.from_pretrained(source).to(dtype=self.torch_dtype)
+
+    def _limits(self) -> tuple[int, int]:
+        cfg = self.module.config
+        return cfg.context_length + cfg.max_lag, 1024  # sampling is autoregressive: no native limit
+
+    def save_checkpoint(self, out_dir: Path) -> Path:
+        return self.module.save_pretrained(out_dir)
 
     def _predict(
         self,

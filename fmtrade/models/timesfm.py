@@ -41,18 +41,13 @@ from timesfm.configs import ResidualBlockConfig, StackedTransformersConfig, Tran
 from timesfm.timesfm_2p5.timesfm_2p5_base import TimesFM_2p5_200M_Definition
 from timesfm.timesfm_2p5.timesfm_2p5_torch import TimesFM_2p5_200M_torch_module
 from timesfm.torch.normalization import RMSNorm
+from timesfm.torch.util import revin, update_running_stats
 
 from fmtrade.errors import InputError
 from fmtrade.io import write_dir_atomic
-from fmtrade.models.base import (
-    NEURAL_WORKING_RANGE,
-    Covariates,
-    Forecaster,
-    check_constructor_args,
-    interpolate_quantiles,
-)
-from fmtrade.models.checkpoints import apply_lora_adapter, load_with_hint
-from fmtrade.models.device import resolve_device, resolve_dtype
+from fmtrade.models.base import Covariates, interpolate_quantiles
+from fmtrade.models.neural import NeuralForecaster
+from fmtrade.models.objective import MAX_TRAIN_CONTEXT, Objective
 
 #: ``config.json`` key holding the module definition of a non-200M checkpoint.
 DEFINITION_KEY = "timesfm_2p5_definition"
@@ -192,10 +187,81 @@ def load_timesfm(source: str, torch_compile: bool = False) -> TimesFM2p5:
     return TimesFM2p5.from_pretrained(source, torch_compile=torch_compile)
 
 
+# Training objective ----------------------------------------------------------------------------
+
+
+class TimesFMObjective(Objective):
+    """The package has no training code, so the loss is written here, on the package's module and
+    normalisation: every input patch is normalised with the running mean/std the package's decoder
+    uses, and both heads are scored on the values that follow that patch (decoder-only training, as
+    in the TimesFM paper): squared error for the mean channel, pinball loss for the quantile
+    channels of the point head and of the continuous quantile head. Only patches with at least
+    :attr:`MIN_PATCHES` patches of context are scored."""
+
+    MIN_PATCHES = 4
+
+    def _native(self, forecaster: NeuralForecaster) -> tuple[int, int]:
+        self.core = forecaster.module  # the unwrapped module: patch sizes and quantile levels
+        self.levels = torch.tensor(self.core.config.quantiles, dtype=torch.float32, device=self.device)
+        patch = self.core.p
+        return MAX_TRAIN_CONTEXT // patch * patch, self.core.o
+
+    def loss(self, model: torch.nn.Module, windows: torch.Tensor) -> torch.Tensor:
+        core, p = self.core, self.core.p
+        w = windows.to(self.device, torch.float32)
+        b, length = w.shape
+        n = self.geometry.context // p
+        observed = torch.isfinite(w)
+        x = torch.where(observed, w, 0.0)
+        patches = x[:, : n * p].reshape(b, n, p)
+        missing = ~observed[:, : n * p].reshape(b, n, p)
+        stats = (torch.zeros(b, device=w.device), torch.zeros(b, device=w.device), torch.zeros(b, device=w.device))
+        mus, sigmas = [], []
+        for i in range(n):  # causal running statistics: patch i is normalised by patches 0..i
+            stats, _ = update_running_stats(*stats, patches[:, i], missing[:, i])
+            mus.append(stats[1])
+            sigmas.append(stats[2])
+        mu, sigma = torch.stack(mus, 1), torch.stack(sigmas, 1)
+        normed = torch.where(missing, 0.0, revin(patches, mu, sigma))
+        (_, _, point, spread), _ = model(normed, missing)
+        point = point.reshape(b, n, core.o, core.q)
+        spread = spread.reshape(b, n, core.os, core.q)
+        # Score positions with at least MIN_PATCHES patches of context: after one 32-value patch the
+        # normalised 128-step target of a random walk has a variance that swamps everything else.
+        k = min(self.MIN_PATCHES, n) - 1
+        spread = spread[:, k:, : min(core.os, length - p)]
+        head = (point[:, k:], spread)
+        return sum(self._head_loss(pred, x, observed, mu[:, k:], sigma[:, k:], k) for pred in head)
+
+    def _head_loss(
+        self,
+        pred: torch.Tensor,
+        x: torch.Tensor,
+        observed: torch.Tensor,
+        mu: torch.Tensor,
+        sigma: torch.Tensor,
+        first: int,
+    ) -> torch.Tensor:
+        """``pred [b, n, S, q]`` for the S values after patches ``first..first + n - 1``, scored in each
+        patch's normalised units."""
+        _, n, steps, _ = pred.shape
+        length = x.shape[1]
+        ends = torch.arange(first + 1, first + n + 1, device=x.device) * self.core.p
+        idx = ends[:, None] + torch.arange(steps, device=x.device)
+        valid = idx < length
+        idx = idx.clamp(max=length - 1)
+        target = revin(x[:, idx], mu, sigma)
+        mask = (observed[:, idx] & valid).float()
+        err = target[..., None] - pred[..., 1:]
+        pinball = torch.maximum(self.levels * err, (self.levels - 1.0) * err).sum(-1)
+        loss = (pred[..., 0] - target) ** 2 + 2.0 * pinball
+        return (loss * mask).sum() / mask.sum().clamp_min(1.0)
+
+
 # Forecaster ------------------------------------------------------------------------------------
 
 
-class TimesFMForecaster(Forecaster):
+class TimesFMForecaster(NeuralForecaster):
     """TimesFM 2.5 (deterministic, point + quantile head) via the ``timesfm`` package.
 
     Options: ``adapter`` (peft LoRA directory, merged at load), ``torch_compile``
@@ -204,48 +270,36 @@ class TimesFMForecaster(Forecaster):
     """
 
     family = "timesfm"
-    working_range = NEURAL_WORKING_RANGE
     lora_target_modules: ClassVar[tuple[str, ...]] = LORA_TARGET_MODULES
+    objective_class = TimesFMObjective
+    auto_dtype = "float32"  # the package's decode is written for float32; bfloat16 runs it under autocast
 
-    def __init__(
-        self,
-        name: str,
-        checkpoint: str,
-        *,
-        device: str = "auto",
-        dtype: str = "auto",
-        max_batch_size: int = 256,
-        context_length: int | None = None,
-        **options: Any,
-    ) -> None:
-        self.name = name
-        adapter = options.pop("adapter", None)
-        torch_compile = bool(options.pop("torch_compile", False))
+    def _take_options(self, options: dict[str, Any]) -> None:
+        self._torch_compile = bool(options.pop("torch_compile", False))
         self._flip = bool(options.pop("force_flip_invariance", True))
-        check_constructor_args(self.family, options, context_length)
-        self.device = resolve_device(device)
-        self.torch_dtype = resolve_dtype("float32" if dtype == "auto" else dtype, self.device)
-        self._tfm = load_with_hint(checkpoint, lambda src: load_timesfm(src, torch_compile), name)
+
+    def _load(self, source: str) -> torch.nn.Module:
+        self._tfm = load_timesfm(source, self._torch_compile)
+        self._compiled: dict[tuple[int, int, int], tuple[Any, int, Any]] = {}
+        self._lock = threading.Lock()  # the package keeps the active compiled config on the wrapper
         module = self._tfm.model
-        if adapter is not None:
-            module = apply_lora_adapter(module, adapter)
-            self._tfm.model = module
         module.device = torch.device(self.device)  # the package places inputs on module.device
         module.device_count = 1
-        self.module: torch.nn.Module = module.to(self.device).eval()
-        definition = module.config
+        return module
+
+    def _limits(self) -> tuple[int, int]:
+        definition = self.module.config
         self._patch = definition.input_patch_len
         self._out_patch = definition.output_patch_len
         self._native_levels = tuple(float(q) for q in definition.quantiles)
         # The continuous quantile head covers output_quantile_len steps; context + horizon buckets
         # must fit the package's context_limit.
-        self.max_horizon = int(definition.output_quantile_len)
-        horizon_cap = math.ceil(self.max_horizon / self._out_patch) * self._out_patch
-        limit = (definition.context_limit - horizon_cap) // self._patch * self._patch
-        self.max_context = min(context_length or limit, limit)
-        self.max_batch_size = int(max_batch_size)
-        self._compiled: dict[tuple[int, int, int], tuple[Any, int, Any]] = {}
-        self._lock = threading.Lock()  # the package keeps the active compiled config on the wrapper
+        horizon = int(definition.output_quantile_len)
+        horizon_cap = math.ceil(horizon / self._out_patch) * self._out_patch
+        return (definition.context_limit - horizon_cap) // self._patch * self._patch, horizon
+
+    def save_checkpoint(self, out_dir: Path) -> Path:
+        return save_timesfm_checkpoint(self.module, out_dir)
 
     def _use_config(self, context: int, horizon: int, batch: int) -> None:
         """Make the package's compiled decode for these buckets active (compiled once, then cached)."""
