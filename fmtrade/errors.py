@@ -4,9 +4,20 @@ exit code 2 and the HTTP API turns into a 4xx, never a traceback."""
 
 from __future__ import annotations
 
+import copyreg
+from typing import Any
+
 
 class FmtradeError(Exception):
     """Base of every error fmtrade reports to a user as a clear message."""
+
+    def __reduce__(self) -> tuple[Any, ...]:
+        # Ray ships a worker's error to the driver by pickling it. Exception's own pickling calls
+        # ``type(self)(*self.args)``, which fails for every subclass whose constructor takes other
+        # arguments than its message (InputError(field, reason), BybitError(ret_code, ...)). Rebuild
+        # without the constructor instead: the same args (so the same message) and the attributes
+        # the constructor set, for this class and every subclass.
+        return copyreg.__newobj__, (type(self), *self.args), self.__dict__ or None
 
 
 class InputError(FmtradeError, ValueError):
@@ -16,11 +27,6 @@ class InputError(FmtradeError, ValueError):
         self.field = field
         self.reason = reason
         super().__init__(f"{field}: {reason}")
-
-    def __reduce__(self) -> tuple[type[InputError], tuple[str, str]]:
-        # Rebuild from (field, reason): the default pickling passes the one formatted message,
-        # which breaks when Ray ships the error back from a worker.
-        return (type(self), (self.field, self.reason))
 
 
 class ConfigError(FmtradeError):

@@ -32,8 +32,8 @@ from fmtrade.backtest.windows import Windows, plan_windows
 from fmtrade.config import Settings
 from fmtrade.data.store import Store
 from fmtrade.ensemble import ENSEMBLE_NAME, combine
-from fmtrade.errors import FmtradeError, InputError
-from fmtrade.jobs.ray_runtime import get, init_ray, portable
+from fmtrade.errors import InputError
+from fmtrade.jobs.ray_runtime import get, init_ray
 from fmtrade.models.base import Forecast, Forecaster
 from fmtrade.models.registry import build_forecaster, is_available
 
@@ -61,10 +61,7 @@ class PoolOptions:
 def describe_model(factory: ModelFactory) -> dict:
     """Load a model in a short task and report its limits: every model is checked before any
     forecast, without holding a slot that the inference actors need."""
-    try:
-        m = factory()
-    except FmtradeError as exc:
-        raise portable(exc) from None
+    m = factory()
     return {"name": m.name, "max_horizon": m.max_horizon, "covariates": m.covariates, "stochastic": m.stochastic}
 
 
@@ -76,10 +73,7 @@ class ForecastActor:
         self.model = factory()
 
     def forecast(self, batch: WindowBatch, horizon: int, levels: tuple[float, ...]) -> Forecast:
-        try:
-            return forecast_batched(self.model, batch, horizon, levels, batch_size=len(batch))
-        except FmtradeError as exc:
-            raise portable(exc) from None
+        return forecast_batched(self.model, batch, horizon, levels, batch_size=len(batch))
 
 
 @ray.remote

@@ -14,9 +14,8 @@ import pandas as pd
 import ray
 
 from fmtrade.config import Settings
-from fmtrade.errors import FmtradeError
 from fmtrade.evaluation import EvalParams, evaluate_symbol
-from fmtrade.jobs.ray_runtime import get, init_ray, portable
+from fmtrade.jobs.ray_runtime import get, init_ray
 from fmtrade.models.registry import ModelSpec, build_forecaster
 
 
@@ -25,11 +24,8 @@ def evaluate_task(
     symbol: str, series: pd.Series, specs: list[ModelSpec], settings: Settings, params: EvalParams,
     weights: Mapping[str, float] | None,
 ) -> list[dict[str, Any]]:  # fmt: skip
-    try:
-        forecasters = {spec.name: build_forecaster(spec, settings) for spec in specs}
-        return evaluate_symbol(symbol, series, forecasters, params, weights)
-    except FmtradeError as exc:
-        raise portable(exc) from None
+    forecasters = {spec.name: build_forecaster(spec, settings) for spec in specs}
+    return evaluate_symbol(symbol, series, forecasters, params, weights)
 
 
 def run_evaluate_job(
