@@ -28,7 +28,7 @@ cores / machine CPU per request: the printed ceiling tells which work bounds it.
 serving path's per-request cost is then shared by N forecasts, and served/direct compares
 forecasts/s at the batch the model formed.
 
-HTTP is answered as ``fmtrade serve up`` answers it: by HAProxy (``fmtrade.serve.fast_path``).
+HTTP is answered as ``fmtrade serve up`` answers it: by HAProxy (``fmtrade.jobs.ray_runtime.FAST_PATH_ENV``).
 ``--python-proxy`` puts Ray's Python proxy there instead; ``--direct-ingress`` has the clients
 call the ingress replica's own HTTP port (Ray Serve's direct ingress), skipping any proxy.
 
@@ -59,9 +59,9 @@ import torch
 from fmtrade.config import Settings, load_settings
 from fmtrade.data.store import Store
 from fmtrade.data.synthetic import SyntheticSpec, synthesize
+from fmtrade.jobs.ray_runtime import HAPROXY_SWITCH
 from fmtrade.models.registry import ModelSpec, active_specs, build_forecaster, is_available, select_specs
 from fmtrade.models.zoo import build_zoo
-from fmtrade.serve.fast_path import HAPROXY_SWITCH
 
 HORIZON = 24
 LEVELS = [0.1, 0.5, 0.9]
@@ -268,7 +268,7 @@ def main() -> None:
     parser.add_argument("--context", type=int, default=512)
     parser.add_argument("--num-cpus", type=float, default=0.5, help="CPU share of each model replica")
     parser.add_argument(
-        "--ray-defaults", action="store_true", help="Ray Serve's stock settings, not serve.fast_path.FAST_PATH_ENV"
+        "--ray-defaults", action="store_true", help="Ray Serve's stock settings, not jobs.ray_runtime.FAST_PATH_ENV"
     )
     parser.add_argument(
         "--python-proxy", action="store_true", help="Ray's Python proxy answers HTTP instead of HAProxy"
@@ -292,9 +292,8 @@ def main() -> None:
     import ray
     from ray import serve
 
-    from fmtrade.jobs.ray_runtime import init_ray
+    from fmtrade.jobs.ray_runtime import init_ray, start_local_ray
     from fmtrade.serve.app import build_app
-    from fmtrade.serve.runner import start_local_ray
 
     home, settings, spec = bench_home(args.model, args.size)
     pool = contexts(256, args.context)
@@ -384,7 +383,7 @@ def main() -> None:
         return
     print(f"\nmodel {args.model} ({args.size} zoo checkpoint), context {args.context}, horizon {HORIZON}, "
           f"{args.duration:g}s per run, {args.series} series per request, "
-          f"{'Ray Serve defaults' if args.ray_defaults else 'serve.fast_path.FAST_PATH_ENV'}"
+          f"{'Ray Serve defaults' if args.ray_defaults else 'jobs.ray_runtime.FAST_PATH_ENV'}"
           f", HTTP answered by {front}")  # fmt: skip
     print(
         "| clients | batching on req/s | p50 / p95 / p99 ms | mean batch | batching off req/s | p50 / p95 / p99 ms "

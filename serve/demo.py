@@ -16,8 +16,9 @@ from ray import serve as ray_serve
 
 from fmtrade.client import forecast_remote
 from fmtrade.config import Settings
+from fmtrade.jobs.ray_runtime import start_local_ray
 from fmtrade.serve.app import build_app
-from fmtrade.serve.runner import deploy, start_local_ray
+from fmtrade.serve.runner import deploy
 
 INTERVAL_LEVELS = (0.1, 0.5, 0.9)  # the 80% central interval and the median
 

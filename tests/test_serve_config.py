@@ -11,14 +11,13 @@ from pathlib import Path
 
 import pytest
 import yaml
-from ray._private.utils import get_num_cpus
 from ray.serve.schema import ServeDeploySchema
 
 from fmtrade.config import load_settings
 from fmtrade.errors import ConfigError
+from fmtrade.jobs.ray_runtime import FAST_PATH_ENV, HAPROXY_SWITCH, ray_cpu_count
 from fmtrade.serve.api import field_loc
 from fmtrade.serve.app import cpus_at_start, served_models
-from fmtrade.serve.fast_path import FAST_PATH_ENV, HAPROXY_SWITCH
 from fmtrade.serve.options import AppConfig
 from fmtrade.serve.runner import PACKAGED_CONFIG, embedded_cpus, read_config
 
@@ -129,14 +128,14 @@ def test_cpus_at_start_counts_every_deployment_at_its_initial_replicas() -> None
 
 
 def test_the_embedded_ray_counts_at_least_what_the_replicas_reserve() -> None:
-    cores = get_num_cpus()
+    cores = ray_cpu_count()
     assert embedded_cpus(cores) is None  # fits: Ray's own count
     assert embedded_cpus(cores + 0.7) == math.ceil(cores + 0.7)
 
 
 def _local_env_in_subprocess(**env: str) -> tuple[dict[str, str], str]:
-    """``fmtrade.serve.fast_path.local_env()`` in a fresh interpreter (Ray reads its HAProxy settings at import)."""
-    code = "import json; from fmtrade.serve.fast_path import local_env; print(json.dumps(local_env()))"
+    """``fast_path_env()`` in a fresh interpreter (Ray reads its HAProxy settings at import)."""
+    code = "import json; from fmtrade.jobs.ray_runtime import fast_path_env; print(json.dumps(fast_path_env()))"
     base = {k: v for k, v in os.environ.items() if not k.startswith("RAY_SERVE_")}
     done = subprocess.run(
         [sys.executable, "-c", code], cwd=REPO, env={**base, **env}, capture_output=True, text=True, timeout=120

@@ -43,8 +43,8 @@ def demo(
     from fmtrade.backtest.results import SUMMARY_COLUMNS
     from fmtrade.demo import CATEGORY, DEMO_SYMBOLS, INTERVAL, run_demo
     from fmtrade.jobs.backtest import prepare, run_and_write
+    from fmtrade.jobs.ray_runtime import start_local_ray
     from fmtrade.models.zoo import build_zoo
-    from fmtrade.serve.runner import start_local_ray
     from fmtrade.training import zoo_pretrainer
 
     cfg = settings()
