@@ -16,6 +16,7 @@ identical on every rank without a collective.
 
 from __future__ import annotations
 
+import functools
 from dataclasses import dataclass
 from typing import Any
 
@@ -66,7 +67,7 @@ def _expand(row: dict[str, Any], spec: WindowSpec) -> list[dict[str, Any]]:
 def window_datasets(sources: list[Source], spec: WindowSpec) -> tuple[ray.data.Dataset, ray.data.Dataset]:
     """``(train, val)`` datasets of windows; InputError when either is empty."""
     items = [{**source, "id": i} for i, source in enumerate(sources)]
-    expanded = ray.data.from_items(items).flat_map(_expand, fn_kwargs={"spec": spec}).materialize()
+    expanded = ray.data.from_items(items).flat_map(functools.partial(_expand, spec=spec)).materialize()
     train = expanded.filter(lambda r: r["part"] == TRAIN).materialize()
     val = expanded.filter(lambda r: r["part"] == VAL).limit(MAX_VAL_WINDOWS).materialize()
     need = f"{spec.geometry.context} + {spec.geometry.horizon} bars"

@@ -116,7 +116,7 @@ def run_asset(
     for model, forecast in forecasts.items():
         targets = strategy.targets(forecast)
         sim = simulate(market, windows, targets, costs, config.initial_equity)
-        row = {"symbol": market.symbol, "model": model}
+        row: dict[str, object] = {"symbol": market.symbol, "model": model}
         if complete.any():
             row.update(metrics.forecast_metrics(forecast.take(np.flatnonzero(complete)), truth[complete], insample))
         row.update(_trading_scores(sim, config.interval))

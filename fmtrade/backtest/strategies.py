@@ -20,7 +20,8 @@ _Z90 = 1.2815515655446004
 
 
 class Strategy(Protocol):
-    name: str
+    @property
+    def name(self) -> str: ...
 
     def targets(self, forecast: Forecast) -> np.ndarray:
         """Target positions ``[B]`` as signed fractions of equity."""

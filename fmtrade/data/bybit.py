@@ -22,6 +22,7 @@ exchange returns, including a still-open current bar: deciding what is final
 
 from __future__ import annotations
 
+import functools
 import json
 import logging
 import random
@@ -144,7 +145,8 @@ def _records_frame(
     rows: list[Any], time_key: str, fields: dict[str, str], lo_ms: int, hi_ms: int
 ) -> pd.DataFrame:
     """Objects with a ms timestamp field and numeric string fields -> ascending frame; any bad row is malformed."""
-    stamps, values = [], {col: [] for col in fields.values()}
+    stamps: list[int] = []
+    values: dict[str, list[float]] = {col: [] for col in fields.values()}
     for i, row in enumerate(rows):
         try:
             stamp = int(row[time_key])
@@ -418,7 +420,8 @@ class BybitClient:
                 "category": category, "symbol": symbol, "interval": interval,
                 "start": cursor, "end": window_end, "limit": KLINE_LIMIT,
             }  # fmt: skip
-            page = self._call("/v5/market/kline", params, lambda r, a=cursor, b=window_end: self._kline_page(r, a, b))
+            parse = functools.partial(self._kline_page, lo_ms=cursor, hi_ms=window_end)
+            page = self._call("/v5/market/kline", params, parse)
             if len(page):
                 yield page
             cursor = window_end + 1

@@ -188,7 +188,7 @@ class _Replay:
 
     def series(self) -> list[tuple[str, str, str]]:
         if self._series is None:
-            self._series = [tuple(key) for key in self.store.series()]  # type: ignore[misc]
+            self._series = [(key[0], key[1], key[2]) for key in self.store.series()]
         return self._series
 
     def reset_log(self) -> None:
@@ -272,11 +272,15 @@ class _Replay:
             raise ParamError("Illegal category")
         return value
 
-    def symbol(self, params: dict[str, str], category: str, required: bool = True) -> str | None:
+    def symbol(self, params: dict[str, str], category: str) -> str:
+        symbol = self.optional_symbol(params, category)
+        if symbol is None:
+            raise ParamError("params error: symbol is required")
+        return symbol
+
+    def optional_symbol(self, params: dict[str, str], category: str) -> str | None:
         value = params.get("symbol")
         if not value:
-            if required:
-                raise ParamError("params error: symbol is required")
             return None
         if value not in self.symbols(category):
             raise ParamError("Not supported symbols")
@@ -384,7 +388,7 @@ class _Replay:
 
     def tickers(self, params: dict[str, str]) -> dict[str, Any]:
         category = self.category(params, default=None)
-        symbol = self.symbol(params, category, required=False)
+        symbol = self.optional_symbol(params, category)
         now = self.now_ms()
         rows = []
         for sym in [symbol] if symbol else self.symbols(category):

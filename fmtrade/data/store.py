@@ -19,12 +19,13 @@ the files that overlap it. One writer per series at a time is assumed.
 
 from __future__ import annotations
 
+import functools
 import logging
 import time
 from collections import namedtuple
 from collections.abc import Callable, Iterable
 from dataclasses import asdict, dataclass, field
-from typing import Any, Protocol
+from typing import Any, Protocol, TypeAlias
 
 import fsspec
 import numpy as np
@@ -46,7 +47,7 @@ OI_INTERVALS: tuple[str, ...] = ("5min", "15min", "30min", "1h", "4h", "1d")
 FUNDED_CATEGORIES: tuple[str, ...] = ("linear", "inverse")
 
 SeriesKey = namedtuple("SeriesKey", ["category", "symbol", "interval"])
-TimeLike = str | pd.Timestamp | None
+TimeLike: TypeAlias = str | pd.Timestamp | None
 
 _ARROW_TS = pa.timestamp("ms", tz="UTC")
 
@@ -386,11 +387,11 @@ class Store:
                 if funding:
                     result.new_funding = self._sync_records(
                         self._funding_dir(category, symbol), FUNDING_COLUMNS, lo, until,
-                        lambda a, b, s=symbol: client.funding_history(category, s, a, b))
+                        functools.partial(client.funding_history, category, symbol))
                 if open_interest is not None:
                     result.new_open_interest = self._sync_records(
                         self._oi_dir(category, symbol, open_interest), OI_COLUMNS, lo, until,
-                        lambda a, b, s=symbol: client.open_interest(category, s, open_interest, a, b))
+                        functools.partial(client.open_interest, category, symbol, open_interest))
             report.symbols.append(result)
         return report
 
