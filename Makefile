@@ -3,8 +3,9 @@ PYTHON ?= python3
 VENV := .venv
 BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed
+TYPECHECK := build/typecheck
 
-.PHONY: venv test demo lint clean
+.PHONY: venv test test-fast lint typecheck demo clean
 
 $(BIN)/python:
 	$(PYTHON) -m venv $(VENV)
@@ -21,10 +22,20 @@ venv: $(STAMP)
 
 lint: venv
 	$(BIN)/ruff check .
+	$(BIN)/ruff format --check .
 
-test: venv
-	$(BIN)/ruff check .
+# mypy reads the package as installed (fmtrade.serve & co. linked under build/typecheck).
+typecheck: venv
+	$(BIN)/python -m fmtrade.cluster.package --link $(TYPECHECK) > /dev/null
+	cd $(TYPECHECK) && $(CURDIR)/$(BIN)/mypy --config-file $(CURDIR)/pyproject.toml -p fmtrade
+
+test: lint typecheck
 	$(BIN)/python -m pytest
+
+# The edit loop: everything but the slow end-to-end tests.
+test-fast: venv
+	$(BIN)/ruff check .
+	$(BIN)/python -m pytest -m "not slow"
 
 demo: venv
 	$(BIN)/fmtrade demo
