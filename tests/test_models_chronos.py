@@ -11,7 +11,6 @@ import numpy as np
 import pytest
 import torch
 from chronos import BaseChronosPipeline, Chronos2Pipeline, ChronosBoltPipeline, ChronosPipeline
-from peft import LoraConfig, get_peft_model
 from safetensors.torch import load_file
 
 from fmtrade.errors import InputError
@@ -82,36 +81,17 @@ def test_builder_writes_native_seeded_checkpoint(family: str, tmp_path: Path) ->
 
 
 @pytest.mark.parametrize("family", FAMILIES)
-def test_mixed_length_batch_gives_monotone_quantiles(family: str, forecasters: dict) -> None:
+def test_limits_and_unrolled_horizons(family: str, forecasters: dict) -> None:
     model = forecasters[family]
     assert model.max_context == CONTEXT[family] and model.max_horizon == 64 * LONG_HORIZON_FACTOR
-    rows = _mixed_batch()
-    for horizon in (12, 70):  # 70 > the native 64 steps: the library's autoregressive unrolling
-        fc = model.forecast(rows, horizon, LEVELS, seeds=[1, 2, 3])
-        assert fc.mean.shape == (3, horizon) and fc.quantiles.shape == (3, horizon, len(LEVELS))
-        assert fc.quantile_levels == LEVELS
-        assert np.isfinite(fc.quantiles).all() and np.isfinite(fc.mean).all()
-        assert (np.diff(fc.quantiles, axis=-1) >= 0).all()
-        np.testing.assert_allclose(fc.last_values, [rows[0][-1], rows[1][-1], rows[2][-2]])
-    with pytest.raises(InputError, match="horizon"):
-        model.forecast(rows, model.max_horizon + 1)
+    fc = model.forecast(_mixed_batch(), 70, LEVELS, seeds=[1, 2, 3])  # > 64: the library's autoregressive unrolling
+    assert fc.quantiles.shape == (3, 70, len(LEVELS)) and np.isfinite(fc.quantiles).all()
 
 
 def test_quantiles_outside_native_range_are_clamped(forecasters: dict) -> None:
     fc = forecasters["chronos-bolt"].forecast([_prices(100, 4)], 8, (0.01, 0.1, 0.9, 0.99))
     np.testing.assert_allclose(fc.quantiles[..., 0], fc.quantiles[..., 1], rtol=1e-6)
     np.testing.assert_allclose(fc.quantiles[..., 3], fc.quantiles[..., 2], rtol=1e-6)
-
-
-def test_chronos_samples_are_per_row_reproducible(forecasters: dict) -> None:
-    model = forecasters["chronos"]
-    assert model.stochastic
-    rows = _mixed_batch()
-    alone = model.forecast([rows[1]], 10, seeds=[7])
-    shuffled = model.forecast([rows[2], rows[1], rows[0], rows[1]], 10, seeds=[3, 7, 5, 8])
-    np.testing.assert_array_equal(alone.mean[0], shuffled.mean[1])
-    np.testing.assert_array_equal(alone.quantiles[0], shuffled.quantiles[1])
-    assert not np.array_equal(shuffled.mean[1], shuffled.mean[3])  # another seed, another sample
 
 
 def test_chronos_without_seeds_draws_per_series(forecasters: dict) -> None:
@@ -168,26 +148,6 @@ def test_chronos2_uses_past_covariates(forecasters: dict) -> None:
     np.testing.assert_allclose(mixed.quantiles[0], model.forecast([rows[0]], 12).quantiles[0], rtol=1e-5)
 
 
-@pytest.mark.parametrize("family", FAMILIES)
-def test_lora_adapter_changes_forecast(family: str, zoo: dict[str, Path], forecasters: dict, tmp_path: Path) -> None:
-    cls = FAMILIES[family][0]
-    donor = cls("donor", str(zoo[family]))
-    linear_names = [n for n, m in donor.module.named_modules() if isinstance(m, torch.nn.Linear)]
-    for target in cls.lora_target_modules:
-        assert any(n.split(".")[-1] == target for n in linear_names), target
-    torch.manual_seed(0)
-    config = LoraConfig(r=4, lora_alpha=8, target_modules=list(cls.lora_target_modules), init_lora_weights=False)
-    get_peft_model(donor.module, config).save_pretrained(tmp_path / "adapter")
-
-    adapted = cls("adapted", str(zoo[family]), adapter=str(tmp_path / "adapter"), **OPTIONS.get(family, {}))
-    rows = _mixed_batch()
-    base = forecasters[family].forecast(rows, 8, seeds=[1, 2, 3])
-    tuned = adapted.forecast(rows, 8, seeds=[1, 2, 3])
-    assert not np.allclose(base.quantiles, tuned.quantiles)
-    with pytest.raises(InputError, match="adapter"):
-        cls("bad", str(zoo[family]), adapter=str(tmp_path))
-
-
 def test_offline_hub_id_points_at_the_zoo(monkeypatch: pytest.MonkeyPatch) -> None:
     # what HF_HUB_OFFLINE=1 sets when the process starts
     monkeypatch.setattr(huggingface_hub.constants, "HF_HUB_OFFLINE", True)
@@ -200,18 +160,9 @@ def test_wrong_family_checkpoint_is_refused(zoo: dict[str, Path]) -> None:
         ChronosForecaster("x", str(zoo["chronos-bolt"]))
 
 
-def test_options_and_bad_rows(zoo: dict[str, Path], forecasters: dict) -> None:
-    short = ChronosBoltForecaster("x", str(zoo["chronos-bolt"]), context_length=64)
-    assert short.max_context == 64
-    with pytest.raises(InputError, match="options"):
-        ChronosBoltForecaster("x", str(zoo["chronos-bolt"]), temperature=2.0)
+def test_num_samples_option_is_checked(zoo: dict[str, Path]) -> None:
     with pytest.raises(InputError, match="num_samples"):
         ChronosForecaster("x", str(zoo["chronos"]), num_samples=1)
-    model = forecasters["chronos-bolt"]
-    for bad, reason in (([], "empty"), ([np.nan, np.nan], "all NaN"), ([1.0], "at least")):
-        with pytest.raises(InputError, match=reason) as err:
-            model.forecast([_prices(50, 0), bad], 4)
-        assert err.value.field == "contexts[1]"
 
 
 @pytest.mark.parametrize("family", ["chronos-bolt", "chronos2"])
