@@ -125,116 +125,151 @@ def _validation_wql(run: TrainingRun, windows: np.ndarray, horizon: int) -> floa
 
 def train_loop(config: dict[str, Any]) -> None:
     """``train_loop_per_worker`` of the TorchTrainer."""
-    cfg: LoopConfig = config["loop"]
-    context = ray.train.get_context()
-    rank, world = context.get_world_rank(), context.get_world_size()
-    device = ray.train.torch.get_device()
-    torch.manual_seed(cfg.seed)  # identical LoRA init on every rank
-    run = TrainingRun(
-        load_for_training(cfg.family, cfg.checkpoint, str(device)),
-        lr=cfg.lr, weight_decay=cfg.weight_decay, lora=cfg.lora, context=cfg.context,
-    )  # fmt: skip
-    state = LoopState()
-    restored = ray.train.get_checkpoint()
-    if restored is not None:
+    _Worker(config["loop"]).train()
+
+
+class _Worker:
+    """One rank's training run: its :class:`TrainingRun`, loop state, validation windows and reports."""
+
+    def __init__(self, cfg: LoopConfig) -> None:
+        self.cfg = cfg
+        context = ray.train.get_context()
+        self.rank, self.world = context.get_world_rank(), context.get_world_size()
+        torch.manual_seed(cfg.seed)  # identical LoRA init on every rank
+        self.run = TrainingRun(
+            load_for_training(cfg.family, cfg.checkpoint, str(ray.train.torch.get_device())),
+            lr=cfg.lr, weight_decay=cfg.weight_decay, lora=cfg.lora, context=cfg.context,
+        )  # fmt: skip
+        self.state, self.resumed = self._resume()
+        if self.world > 1:
+            self.run.model = ray.train.torch.prepare_model(
+                self.run.net, move_to_device=False, parallel_strategy_kwargs={"find_unused_parameters": True}
+            )
+        self.train_shard = ray.train.get_dataset_shard("train")
+        val_rows = ray.train.get_dataset_shard("val").iter_rows()
+        self.val_windows = np.stack([row["window"] for row in val_rows])  # small; every rank holds all of it
+        self.last_reported = -1
+
+    def _resume(self) -> tuple[LoopState, bool]:
+        """After a restart, restore the run from Ray Train's checkpoint and return its loop state
+        (and True); on a fresh start, a new loop state (and False)."""
+        restored = ray.train.get_checkpoint()
+        if restored is None:
+            return LoopState(), False
         with restored.as_directory() as directory:
             saved = torch.load(Path(directory) / STATE_FILE, weights_only=False)
-        run.load_state(saved["run"])
-        state = saved["loop"]
-        state.resumed_from = run.step
-        log.info("rank %d resumed from step %d", rank, run.step)
-    if world > 1:
-        run.model = ray.train.torch.prepare_model(
-            run.net, move_to_device=False, parallel_strategy_kwargs={"find_unused_parameters": True}
-        )
-    train_shard = ray.train.get_dataset_shard("train")
-    val_windows = np.stack(
-        [row["window"] for row in ray.train.get_dataset_shard("val").iter_rows()]
-    )  # small; every rank holds all of it
+        self.run.load_state(saved["run"])
+        state: LoopState = saved["loop"]
+        state.resumed_from = self.run.step
+        log.info("rank %d resumed from step %d", self.rank, self.run.step)
+        return state, True
 
-    def evaluate() -> dict[str, Any]:
-        step = cfg.batch_size
-        batches = (torch.from_numpy(val_windows[i : i + step]) for i in range(0, len(val_windows), step))
-        metrics: dict[str, Any] = {"val_loss": run.eval_loss(batches)}
-        if cfg.eval_horizon is not None:
-            metrics["val_wql"] = _validation_wql(run, val_windows, cfg.eval_horizon)
+    def train(self) -> None:
+        """Evaluate the starting model (fresh start only), train until the budget is spent, report the end."""
+        if not self.resumed:
+            self._evaluate_start()
+        deadline = time.monotonic() + 60.0 * self.cfg.minutes if self.cfg.minutes is not None else math.inf
+        done = self._steps_spent() or (self.cfg.epochs is not None and self.state.epoch >= self.cfg.epochs)
+        while not done:
+            done = self._epoch(deadline) or self._end_epoch()
+        if self.last_reported != self.run.step:
+            metrics = self._evaluate()
+            self._consider(metrics)
+            self._report(metrics)
+
+    def _steps_spent(self) -> bool:
+        return self.cfg.steps is not None and self.run.step >= self.cfg.steps
+
+    def _evaluate_start(self) -> None:
+        first = self._evaluate()
+        self.state.val_loss_first = first["val_loss"]
+        if self.cfg.eval_horizon is not None:  # the zero-shot model is the first candidate for "best"
+            self.state.val_wql_first = self.state.best_wql = first["val_wql"]
+            self.state.best_weights = self.run.weights()
+
+    def _epoch(self, deadline: float) -> bool:
+        """One pass over this rank's shard; True when the step or time budget ran out (on any rank)."""
+        cfg, state = self.cfg, self.state
+        batches = 0
+        for batch in self.train_shard.iter_torch_batches(
+            batch_size=cfg.batch_size, dtypes=torch.float32, local_shuffle_buffer_size=4 * cfg.batch_size,
+            local_shuffle_seed=cfg.seed + state.epoch,
+        ):  # fmt: skip
+            start = time.perf_counter()
+            state.losses.append(self.run.train_step(batch["window"]))
+            state.train_seconds += time.perf_counter() - start
+            state.samples += int(batch["window"].shape[0])
+            batches += 1
+            self._maybe_inject_fault()
+            if _any_rank(self._steps_spent() or time.monotonic() >= deadline):
+                return True
+            if cfg.eval_every and self.run.step % cfg.eval_every == 0:
+                self._report(self._evaluate())
+        if batches == 0:
+            raise InputError("train", f"rank {self.rank} got no training batches (fewer windows than workers)")
+        return False
+
+    def _end_epoch(self) -> bool:
+        """Count the epoch; with an epoch budget evaluate, keep the best weights and report. True when
+        the epochs are spent or validation stopped improving for ``patience`` epochs."""
+        state = self.state
+        state.epoch += 1
+        if self.cfg.epochs is None:
+            return False
+        metrics = self._evaluate()
+        state.bad_epochs = 0 if self._consider(metrics) else state.bad_epochs + 1
+        self._report(metrics)
+        stop_early = self.cfg.patience is not None and state.bad_epochs >= self.cfg.patience
+        return state.epoch >= self.cfg.epochs or stop_early
+
+    def _maybe_inject_fault(self) -> None:
+        """The fault injection the tests use: the last rank exits at ``fail_at_step``, once (marker file)."""
+        cfg = self.cfg
+        marker = Path(str(cfg.fail_marker))
+        if cfg.fail_at_step != self.run.step or self.rank != self.world - 1 or marker.exists():
+            return
+        marker.touch()
+        # Let the controller's status poll pick up the last report first (a real crash may
+        # lose the newest checkpoint and resume from the one before).
+        time.sleep(FAULT_GRACE_S)
+        log.warning("fault injection: rank %d exits at step %d", self.rank, self.run.step)
+        os._exit(1)
+
+    def _evaluate(self) -> dict[str, Any]:
+        step, windows = self.cfg.batch_size, self.val_windows
+        batches = (torch.from_numpy(windows[i : i + step]) for i in range(0, len(windows), step))
+        metrics: dict[str, Any] = {"val_loss": self.run.eval_loss(batches)}
+        if self.cfg.eval_horizon is not None:
+            metrics["val_wql"] = _validation_wql(self.run, windows, self.cfg.eval_horizon)
         return metrics
 
-    def report(metrics: dict[str, Any]) -> None:
+    def _consider(self, metrics: dict[str, Any]) -> bool:
+        """Keep the weights with the best validation WQL (fine-tuning); True when these are better."""
+        better = metrics.get("val_wql", math.inf) < self.state.best_wql
+        if better:
+            self.state.best_wql, self.state.best_weights = metrics["val_wql"], self.run.weights()
+        return better
+
+    def _report(self, metrics: dict[str, Any]) -> None:
+        """Report ``metrics`` with the loop's running figures; rank 0 attaches the checkpoint."""
+        run, state = self.run, self.state
         first, last = loss_summary(state.losses) if state.losses else (math.nan, math.nan)
         metrics = {
             **metrics, "step": run.step, "epoch": state.epoch, "train_loss_first": first, "train_loss_last": last,
             "val_loss_first": state.val_loss_first, "val_wql_first": state.val_wql_first,
-            "samples_per_s": world * state.samples / state.train_seconds if state.train_seconds else None,
+            "samples_per_s": self.world * state.samples / state.train_seconds if state.train_seconds else None,
             "trainable_params": run.trainable_params, "total_params": run.total_params,
             "best_val_wql": state.best_wql if math.isfinite(state.best_wql) else None,
             "resumed_from": state.resumed_from,
         }  # fmt: skip
-        if rank != 0:
+        self.last_reported = run.step
+        if self.rank != 0:
             ray.train.report(metrics, checkpoint=None)
             return
         with tempfile.TemporaryDirectory(prefix="fmtrade-ckpt-") as directory:
             torch.save({"run": run.state(), "loop": state}, Path(directory) / STATE_FILE)
             run.save(Path(directory) / MODEL_DIR, weights=state.best_weights)
             ray.train.report(metrics, checkpoint=Checkpoint.from_directory(directory))
-
-    def consider(metrics: dict[str, Any]) -> bool:
-        """Keep the weights with the best validation WQL (fine-tuning); True when these are better."""
-        better = metrics.get("val_wql", math.inf) < state.best_wql
-        if better:
-            state.best_wql, state.best_weights = metrics["val_wql"], run.weights()
-        return better
-
-    if restored is None:
-        first = evaluate()
-        state.val_loss_first = first["val_loss"]
-        if cfg.eval_horizon is not None:  # the zero-shot model is the first candidate for "best"
-            state.val_wql_first = state.best_wql = first["val_wql"]
-            state.best_weights = run.weights()
-    deadline = time.monotonic() + 60.0 * cfg.minutes if cfg.minutes is not None else math.inf
-    last_reported = -1
-    done = (cfg.steps is not None and run.step >= cfg.steps) or (cfg.epochs is not None and state.epoch >= cfg.epochs)
-    while not done:
-        batches = 0
-        for batch in train_shard.iter_torch_batches(
-            batch_size=cfg.batch_size, dtypes=torch.float32, local_shuffle_buffer_size=4 * cfg.batch_size,
-            local_shuffle_seed=cfg.seed + state.epoch,
-        ):  # fmt: skip
-            start = time.perf_counter()
-            state.losses.append(run.train_step(batch["window"]))
-            state.train_seconds += time.perf_counter() - start
-            state.samples += int(batch["window"].shape[0])
-            batches += 1
-            if cfg.fail_at_step == run.step and rank == world - 1 and not Path(str(cfg.fail_marker)).exists():
-                Path(str(cfg.fail_marker)).touch()
-                # Let the controller's status poll pick up the last report first (a real crash may
-                # lose the newest checkpoint and resume from the one before).
-                time.sleep(FAULT_GRACE_S)
-                log.warning("fault injection: rank %d exits at step %d", rank, run.step)
-                os._exit(1)
-            over = (cfg.steps is not None and run.step >= cfg.steps) or time.monotonic() >= deadline
-            if _any_rank(over):
-                done = True
-                break
-            if cfg.eval_every and run.step % cfg.eval_every == 0:
-                report(evaluate())
-                last_reported = run.step
-        if batches == 0:
-            raise InputError("train", f"rank {rank} got no training batches (fewer windows than workers)")
-        if done:
-            break
-        state.epoch += 1
-        if cfg.epochs is not None:
-            metrics = evaluate()
-            state.bad_epochs = 0 if consider(metrics) else state.bad_epochs + 1
-            report(metrics)
-            last_reported = run.step
-            stop_early = cfg.patience is not None and state.bad_epochs >= cfg.patience
-            done = state.epoch >= cfg.epochs or stop_early
-    if last_reported != run.step:
-        metrics = evaluate()
-        consider(metrics)
-        report(metrics)
 
 
 # Driver side -------------------------------------------------------------------------------------
@@ -327,4 +362,3 @@ def summary(result: ray.train.Result) -> dict[str, Any]:
             value = None
         out[key] = value
     return out
-
