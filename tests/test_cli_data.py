@@ -44,6 +44,7 @@ def test_synth_then_show(capsys, isolated_home):
 
 def test_import_then_show_reports_gaps(capsys, tmp_path, monkeypatch):
     monkeypatch.setenv("FMTRADE_STORE", str(tmp_path / "envstore"))
+    monkeypatch.setenv("FMTRADE_DATA__CATEGORY", "spot")  # spot dumps: every command's default --category
     index = pd.date_range("2024-01-01", periods=50, freq="h", tz="UTC")
     frame = pd.DataFrame({"timestamp": index.astype("int64") // 10**6, "open": 10.0, "high": 11.0, "low": 9.0,
                           "close": 10.5, "volume": 1.0}).drop([5, 6, 30])
@@ -51,7 +52,7 @@ def test_import_then_show_reports_gaps(capsys, tmp_path, monkeypatch):
     doc = run_json(capsys, "data", "import", str(tmp_path / "bars.csv"), "--symbol", "ABCUSDT", "--interval", "60")
     assert (doc["rows"], doc["new_bars"], doc["category"]) == (47, 47, "spot")
     assert Store(str(tmp_path / "envstore")).read("ABCUSDT", "60", category="spot").shape == (47, 6)
-    show = run_json(capsys, "data", "show", "--symbol", "ABCUSDT", "--interval", "60")  # category inferred
+    show = run_json(capsys, "data", "show", "--symbol", "ABCUSDT", "--interval", "60")
     assert show["category"] == "spot" and show["rows"] == 47
     assert show["gaps"] == [
         {"start": "2024-01-01T05:00:00Z", "end": "2024-01-01T06:00:00Z", "missing_bars": 2},
@@ -146,9 +147,21 @@ def test_shared_btcusdt_import_reports_its_five_real_gaps(capsys, tmp_path):
     assert len(expected) == 5
     store = str(tmp_path / "store")
     imported = run_json(capsys, "data", "import", str(path), "--symbol", "BTCUSDT", "--interval", "60",
-                        "--store", store)
+                        "--category", "spot", "--store", store)
     assert imported["rows"] == len(raw)
     show = run_json(capsys, "data", "show", "--symbol", "BTCUSDT", "--interval", "60", "--category", "spot",
                     "--store", store)
     assert show["gaps"] == expected
     assert show["rows"] == len(raw) and show["first"] == "2021-04-04T20:00:00Z"
+
+
+def test_every_command_defaults_to_the_configured_category(capsys, tmp_path, monkeypatch):
+    """What `data synth` and `data import` write without --category is what `data show` (and every
+    other command) reads without it: data.category."""
+    monkeypatch.setenv("FMTRADE_STORE", str(tmp_path / "store"))
+    synth = run_json(capsys, "data", "synth", "--symbols", "SYNA", "--hours", "100")
+    assert synth["series"][0]["category"] == "linear"  # data.category's default
+    assert run_json(capsys, "data", "show", "--symbol", "SYNA")["category"] == "linear"
+    monkeypatch.setenv("FMTRADE_DATA__CATEGORY", "inverse")
+    code, _, err = run(capsys, "data", "show", "--symbol", "SYNA")
+    assert code == 2 and "no bars stored for inverse/SYNA/60" in err

@@ -8,11 +8,23 @@ from __future__ import annotations
 
 import typer
 
-from fmtrade.cli.common import JSON_OPTION, STORE_OPTION, emit_json, print_table, settings, split_csv
+from fmtrade.cli.common import (
+    ADDRESS_OPTION,
+    CATEGORY_OPTION,
+    INTERVAL_OPTION,
+    JSON_OPTION,
+    STORE_OPTION,
+    SYMBOLS_OPTION,
+    emit_json,
+    market,
+    print_table,
+    settings,
+    split_csv,
+)
 
 
 def backtest(
-    symbols: str = typer.Option(..., "--symbols", help="Comma-separated symbols, e.g. BTCUSDT,ETHUSDT,SOLUSDT."),
+    symbols: str = SYMBOLS_OPTION,
     models: str = typer.Option(
         None, "--models", help="Registry names and/or 'ensemble' (default: all enabled + random-walk + ensemble)."
     ),
@@ -22,11 +34,11 @@ def backtest(
     horizon: int = typer.Option(None, "--horizon", help="Bars forecast at each rebalance (default: backtest.horizon)."),
     rebalance: int = typer.Option(None, "--rebalance", help="Bars between rebalances (default: backtest.rebalance)."),
     strategy: str = typer.Option(None, "--strategy", help="threshold | risk (default: backtest.strategy)."),
-    category: str = typer.Option(None, "--category", help="spot | linear | inverse (default: data.category)."),
-    interval: str = typer.Option(None, "--interval", help="Bar interval (default: data.interval)."),
+    category: str = CATEGORY_OPTION,
+    interval: str = INTERVAL_OPTION,
     seed: int = typer.Option(0, "--seed", help="Seed of every sampling model's per-window seeds."),
     out: str = typer.Option(None, "--out", help="Run directory (default: <runs dir>/backtest-...)."),
-    address: str = typer.Option(None, "--address", help="Ray address (default: cluster.address; 'local' embeds)."),
+    address: str = ADDRESS_OPTION,
     store: str = STORE_OPTION,
     json_out: bool = JSON_OPTION,
 ) -> None:
@@ -35,6 +47,7 @@ def backtest(
     from fmtrade.backtest.results import SUMMARY_COLUMNS
     from fmtrade.jobs.backtest import prepare, run_and_write
 
+    category, interval = market(category, interval)
     job = prepare(
         settings(), split_csv(symbols, "--symbols"), split_csv(models, "--models") or None, store,
         start=start, end=end, context=context, horizon=horizon, rebalance=rebalance, strategy=strategy,

@@ -50,7 +50,10 @@ def down(port: int = typer.Option(6390, "--port", help="GCS port of the cluster'
 @app.command("submit", context_settings={"allow_extra_args": True, "ignore_unknown_options": True})
 def submit(
     ctx: typer.Context,
-    address: str = typer.Option(None, "--address", help="Job server URL (default http://127.0.0.1:<dashboard_port>)."),
+    address: str = typer.Option(
+        None, "--address", help="The cluster's job server URL, not its Ray address (default: "
+        "http://127.0.0.1:<cluster.dashboard_port>)."
+    ),
     working_dir: str = typer.Option(".", "--working-dir", help="Directory uploaded as the job's code."),
     env: list[str] = typer.Option([], "--env", help="KEY=VALUE for the job's environment (repeatable)."),
     wait: bool = typer.Option(True, "--wait/--no-wait", help="Block until the job ends and print its logs."),

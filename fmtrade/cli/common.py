@@ -14,15 +14,43 @@ from typing import Any, NoReturn, TextIO, TypeVar
 
 import typer
 
-from fmtrade.config import Settings, load_settings
+from fmtrade.config import DataSettings, Settings, load_settings
+from fmtrade.data.intervals import BYBIT_INTERVALS, CATEGORIES, check_category, check_interval
 from fmtrade.errors import InputError
 
 T = TypeVar("T")
 
 log = logging.getLogger("fmtrade")
+_DATA = DataSettings.model_fields
 
+# Options every command declares the same way. --category and --interval default to None, which
+# means the configured data.category / data.interval in every command (see `market`), so data
+# written by one command is where the next one looks.
 JSON_OPTION = typer.Option(False, "--json", help="Print one JSON document on stdout.")
-STORE_OPTION = typer.Option(None, "--store", help="Store root (path or URI); default $FMTRADE_STORE.")
+STORE_OPTION = typer.Option(
+    None,
+    "--store",
+    help="Store root, a path or URI (default: $FMTRADE_STORE, else data.store, else $FMTRADE_HOME/store).",
+)
+CATEGORY_OPTION = typer.Option(
+    None,
+    "--category",
+    help=f"Market: {', '.join(CATEGORIES)} (default: data.category, {_DATA['category'].default} unless configured).",
+)
+INTERVAL_OPTION = typer.Option(
+    None,
+    "--interval",
+    help=f"Bar interval: {' '.join(BYBIT_INTERVALS)} "
+    f"(default: data.interval, {_DATA['interval'].default} unless configured).",
+)
+SYMBOLS_OPTION = typer.Option(..., "--symbols", help="Comma-separated symbols, e.g. BTCUSDT,ETHUSDT.")
+SYMBOL_OPTION = typer.Option(..., "--symbol", help="Symbol, e.g. BTCUSDT.")
+ADDRESS_OPTION = typer.Option(
+    None,
+    "--address",
+    help="Ray cluster: local (an embedded Ray), auto (the one running on this machine), "
+    "host:port or ray://host:port (default: cluster.address; `serve`: the running cluster, else an embedded Ray).",
+)
 
 
 class CliState:
@@ -59,6 +87,16 @@ def fail(message: str) -> NoReturn:
     """Report a usage problem in one line and exit 2."""
     typer.echo(f"error: {message}", err=True)
     raise typer.Exit(2)
+
+
+def market(category: str | None, interval: str | None) -> tuple[str, str]:
+    """The ``--category`` and ``--interval`` in effect, validated: as given, else ``data.category``
+    and ``data.interval``."""
+    data = settings().data
+    return (
+        check_category(category or data.category, "--category"),
+        check_interval(interval or data.interval, "--interval"),
+    )
 
 
 def split_csv(value: str | None, field: str) -> list[str]:

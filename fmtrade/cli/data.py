@@ -7,14 +7,23 @@ from contextlib import contextmanager
 
 import typer
 
-from fmtrade.cli.common import JSON_OPTION, STORE_OPTION, emit_json, fail, print_table, settings, split_csv
-from fmtrade.data.intervals import check_category, check_interval
+from fmtrade.cli.common import (
+    CATEGORY_OPTION,
+    INTERVAL_OPTION,
+    JSON_OPTION,
+    STORE_OPTION,
+    SYMBOL_OPTION,
+    SYMBOLS_OPTION,
+    emit_json,
+    fail,
+    market,
+    print_table,
+    settings,
+    split_csv,
+)
 from fmtrade.data.store import Progress, Store, iso, require_bars, to_utc
 
 app = typer.Typer(help="Market data: sync, import, show, synth, replay.", no_args_is_help=True)
-
-INTERVAL_OPTION = typer.Option(None, "--interval", help="Bybit interval (1 3 5 15 30 60 120 240 360 720 D W M).")
-CATEGORY_HELP = "linear, inverse or spot"
 
 
 def open_store(store: str | None) -> Store:
@@ -44,9 +53,9 @@ def progress_bar(enabled: bool = True) -> Iterator[Progress | None]:
 
 @app.command()
 def sync(
-    symbols: str = typer.Option(..., "--symbols", help="Comma-separated symbols, e.g. BTCUSDT,ETHUSDT."),
+    symbols: str = SYMBOLS_OPTION,
     interval: str = INTERVAL_OPTION,
-    category: str = typer.Option(None, "--category", help=CATEGORY_HELP),
+    category: str = CATEGORY_OPTION,
     start: str = typer.Option(..., "--start", help="First bar to hold (ISO date/time, UTC)."),
     end: str = typer.Option(None, "--end", help="Last bar to hold (default: the last closed bar)."),
     base_url: str = typer.Option(None, "--base-url", help="Bybit or replay server URL (default data.base_url)."),
@@ -60,8 +69,7 @@ def sync(
 
     cfg = settings()
     names = split_csv(symbols, "--symbols")
-    interval = check_interval(interval or cfg.data.interval, "--interval")
-    category = check_category(category or cfg.data.category, "--category")
+    category, interval = market(category, interval)
     lo, hi = to_utc(start, "--start"), to_utc(end, "--end")
     if hi is not None and hi < lo:
         fail(f"--end: {end} is before --start {start}")
@@ -82,17 +90,17 @@ def sync(
 @app.command("import")
 def import_(
     path: str = typer.Argument(..., help="CSV or parquet file with timestamp, open, high, low, close, volume."),
-    symbol: str = typer.Option(..., "--symbol"),
+    symbol: str = SYMBOL_OPTION,
     interval: str = INTERVAL_OPTION,
-    category: str = typer.Option("spot", "--category", help=CATEGORY_HELP),
+    category: str = CATEGORY_OPTION,
     store: str = STORE_OPTION,
     as_json: bool = JSON_OPTION,
 ) -> None:
     """Validate a whole file, then merge it into the store; a bad row rejects the file and writes nothing."""
     from fmtrade.data.importer import import_file
 
-    interval = check_interval(interval or settings().data.interval, "--interval")
-    result = import_file(open_store(store), path, symbol, interval, check_category(category, "--category"))
+    category, interval = market(category, interval)
+    result = import_file(open_store(store), path, symbol, interval, category)
     if as_json:
         emit_json(result.to_dict())
     else:
@@ -102,20 +110,15 @@ def import_(
 
 @app.command()
 def show(
-    symbol: str = typer.Option(..., "--symbol"),
+    symbol: str = SYMBOL_OPTION,
     interval: str = INTERVAL_OPTION,
-    category: str = typer.Option(None, "--category", help=f"{CATEGORY_HELP} (default: the only one stored)"),
+    category: str = CATEGORY_OPTION,
     store: str = STORE_OPTION,
     as_json: bool = JSON_OPTION,
 ) -> None:
     """Rows, first and last bar, and every gap (run of missing bars) of one stored series."""
-    cfg = settings()
-    interval = check_interval(interval or cfg.data.interval, "--interval")
+    category, interval = market(category, interval)
     st = open_store(store)
-    if category is None:
-        stored = {k.category for k in st.series() if k.symbol == symbol and k.interval == interval}
-        category = stored.pop() if len(stored) == 1 else cfg.data.category
-    category = check_category(category, "--category")
     bars = require_bars(st, symbol, interval, category)
     gaps = [g.to_dict() for g in st.gaps(symbol, interval, category)]
     doc = {
@@ -134,27 +137,27 @@ def show(
 
 @app.command()
 def synth(
-    symbols: str = typer.Option("SYNA,SYNB,SYNC", "--symbols"),
+    symbols: str = typer.Option("SYNA,SYNB,SYNC", "--symbols", help="Comma-separated symbols to synthesise."),
     hours: int = typer.Option(20_000, "--hours", min=2),
     seed: int = typer.Option(0, "--seed"),
     start: str = typer.Option("2022-01-01", "--start", help="Open time of the first bar (UTC)."),
     correlation: float = typer.Option(0.6, "--correlation", help="Target correlation between assets."),
-    category: str = typer.Option("linear", "--category", help=CATEGORY_HELP),
+    category: str = CATEGORY_OPTION,
     store: str = STORE_OPTION,
     as_json: bool = JSON_OPTION,
 ) -> None:
     """Write a seeded synthetic market (hourly bars, plus funding for linear/inverse) into the store."""
     from fmtrade.data.synthetic import SyntheticSpec, synthesize
 
-    category = check_category(category, "--category")
+    category, _ = market(category, None)
     names = split_csv(symbols, "--symbols")
-    market = synthesize(names, SyntheticSpec(hours=hours, seed=seed, start=start, correlation=correlation))
+    synthetic = synthesize(names, SyntheticSpec(hours=hours, seed=seed, start=start, correlation=correlation))
     st = open_store(store)
     rows = []
     for name in names:
-        bars = market.bars[name]
+        bars = synthetic.bars[name]
         new = st.write_bars(category, name, "60", bars)
-        funding = st.write_funding(category, name, market.funding[name]) if category != "spot" else 0
+        funding = st.write_funding(category, name, synthetic.funding[name]) if category != "spot" else 0
         rows.append({"symbol": name, "category": category, "interval": "60", "rows": len(bars), "new_bars": new,
                      "funding_rows": funding, "first": iso(bars.index[0]), "last": iso(bars.index[-1])})
     if as_json:

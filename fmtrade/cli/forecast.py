@@ -4,10 +4,21 @@ from __future__ import annotations
 
 import typer
 
-from fmtrade.cli.common import JSON_OPTION, STORE_OPTION, emit_json, print_table, settings, split_csv, split_numbers
+from fmtrade.cli.common import (
+    CATEGORY_OPTION,
+    INTERVAL_OPTION,
+    JSON_OPTION,
+    STORE_OPTION,
+    SYMBOL_OPTION,
+    emit_json,
+    market,
+    print_table,
+    settings,
+    split_csv,
+    split_numbers,
+)
 from fmtrade.client import forecast_remote
 from fmtrade.data.closes import load_closes
-from fmtrade.data.intervals import check_category, check_interval
 from fmtrade.data.store import Store
 from fmtrade.ensemble import ENSEMBLE_NAME
 from fmtrade.errors import InputError
@@ -21,9 +32,9 @@ def parse_quantiles(value: str) -> tuple[float, ...]:
 
 
 def forecast(
-    symbol: str = typer.Option(..., "--symbol", help="Symbol, e.g. BTCUSDT."),
-    category: str = typer.Option(None, "--category", help="linear | inverse | spot (default: data.category)."),
-    interval: str = typer.Option(None, "--interval", help="Bar interval (default: data.interval)."),
+    symbol: str = SYMBOL_OPTION,
+    category: str = CATEGORY_OPTION,
+    interval: str = INTERVAL_OPTION,
     horizon: int = typer.Option(24, "--horizon", help="Bars to forecast."),
     models: str = typer.Option(None, "--models", help="Comma-separated registry names (default: all enabled)."),
     quantiles: str = typer.Option("0.1,0.5,0.9", "--quantiles", help="Comma-separated quantile levels."),
@@ -34,8 +45,7 @@ def forecast(
 ) -> None:
     """Forecast the bars after the last stored bar with each model and their weighted ensemble."""
     cfg = settings()
-    category = check_category(category or cfg.data.category)
-    interval = check_interval(interval or cfg.data.interval)
+    category, interval = market(category, interval)
     levels = parse_quantiles(quantiles)
     if horizon < 1:
         raise InputError("horizon", f"must be a positive number of bars, got {horizon}")

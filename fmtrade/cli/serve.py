@@ -4,15 +4,9 @@ from __future__ import annotations
 
 import typer
 
-from fmtrade.cli.common import JSON_OPTION, CliState, emit_json, settings
+from fmtrade.cli.common import ADDRESS_OPTION, JSON_OPTION, CliState, emit_json, settings
 
 app = typer.Typer(help="Run the Ray Serve forecast service (HTTP API).", no_args_is_help=True)
-
-ADDRESS_OPTION = typer.Option(
-    None, "--address", help="Ray cluster: auto (the running one), local (embedded Ray), host:port, ray://... "
-    "(default: the running cluster if any, else an embedded Ray)."
-)
-
 
 @app.command("up")
 def up(

@@ -10,7 +10,19 @@ from pathlib import Path
 
 import typer
 
-from fmtrade.cli.common import JSON_OPTION, STORE_OPTION, emit_json, print_table, settings, split_csv, split_numbers
+from fmtrade.cli.common import (
+    CATEGORY_OPTION,
+    INTERVAL_OPTION,
+    JSON_OPTION,
+    STORE_OPTION,
+    SYMBOLS_OPTION,
+    emit_json,
+    market,
+    print_table,
+    settings,
+    split_csv,
+    split_numbers,
+)
 from fmtrade.data.store import to_utc
 
 CORPUS_HELP = "Comma-separated sources: synthetic, kernelsynth, store:SYMBOL."
@@ -30,8 +42,8 @@ def pretrain(
     seed: int = typer.Option(None, "--seed", help="Initial weights and data seed (default: train.seed)."),
     storage: str = typer.Option(None, "--storage", help="Ray Train storage (path or s3://); default train storage."),
     store: str = STORE_OPTION,
-    interval: str = typer.Option(None, "--interval", help="Bar interval of store: sources."),
-    category: str = typer.Option(None, "--category", help="Category of store: sources."),
+    interval: str = INTERVAL_OPTION,
+    category: str = CATEGORY_OPTION,
     json_out: bool = JSON_OPTION,
 ) -> None:
     """Pretrain a zoo architecture on synthetic, KernelSynth and stored series with Ray Train."""
@@ -39,13 +51,13 @@ def pretrain(
     from fmtrade.train.pretrain import pretrain as run_pretrain
 
     cfg = settings()
+    category, interval = market(category, interval)  # of the store: sources
     params = PretrainParams(
         arch=arch, out=out, size=size, steps=steps, minutes=minutes,
         workers=workers or cfg.train.workers, use_gpu=cfg.train.use_gpu if use_gpu is None else use_gpu,
         corpus=tuple(split_csv(corpus, "--corpus")), batch_size=batch_size, lr=lr,
         seed=cfg.train.seed if seed is None else seed, store=cfg.store_uri(store),
-        interval=interval or cfg.data.interval, category=category or cfg.data.category,
-        storage=storage or cfg.train_storage(),
+        interval=interval, category=category, storage=storage or cfg.train_storage(),
     )  # fmt: skip
     result = run_pretrain(params, cfg.cluster.address)
     if json_out:
@@ -57,9 +69,9 @@ def pretrain(
 
 def finetune(
     base: str = typer.Option(..., "--base", help="Registry model to adapt."),
-    symbols: str = typer.Option(..., "--symbols", help="Comma-separated symbols in the store."),
-    category: str = typer.Option(None, "--category", help="Bybit category (default: data.category)."),
-    interval: str = typer.Option(None, "--interval", help="Bar interval (default: data.interval)."),
+    symbols: str = SYMBOLS_OPTION,
+    category: str = CATEGORY_OPTION,
+    interval: str = INTERVAL_OPTION,
     mode: str = typer.Option("per-symbol", "--mode", help="per-symbol | pooled"),
     rank: int = typer.Option(8, "--rank", help="LoRA rank."),
     alpha: int = typer.Option(16, "--alpha", help="LoRA alpha."),
@@ -90,6 +102,7 @@ def finetune(
     from fmtrade.training import LoraParams
 
     cfg = settings()
+    category, interval = market(category, interval)
     targets = None if target_modules == "auto" else tuple(split_csv(target_modules, "--target-modules"))
     space = None
     if tune:
@@ -99,8 +112,8 @@ def finetune(
             max_concurrent=tune_concurrent,
         )
     params = FinetuneParams(
-        base=base, symbols=tuple(split_csv(symbols, "--symbols")), category=category or cfg.data.category,
-        interval=interval or cfg.data.interval, mode=mode,  # type: ignore[arg-type]
+        base=base, symbols=tuple(split_csv(symbols, "--symbols")), category=category,
+        interval=interval, mode=mode,  # type: ignore[arg-type]
         lora=LoraParams(rank=rank, alpha=alpha, target_modules=targets), epochs=epochs, max_steps=max_steps,
         workers=workers or cfg.train.workers, use_gpu=cfg.train.use_gpu if use_gpu is None else use_gpu,
         val_start=to_utc(val_start, "val_start"), max_train_bars=max_train_bars,
