@@ -1,4 +1,4 @@
-"""Ray job behind ``fmtrade evaluate``: zero-shot evaluation of every asset in parallel.
+"""Ray job behind ``fmtrade evaluate --address``: zero-shot evaluation of every asset in parallel.
 
 One Ray task per symbol loads the models and calls
 :func:`fmtrade.evaluation.evaluate_symbol` (a pure function of the series, the models and

@@ -1,18 +1,21 @@
 """Walk-forward zero-shot evaluation: windows without look-ahead, one batched call per model,
-rows for every model + ensemble + random walk, and clean failures on bad input."""
+rows for every model + ensemble + random walk, the same rows on Ray, and clean failures on bad input."""
 
 from __future__ import annotations
 
 import json
+from collections.abc import Iterator
 
 import numpy as np
 import pandas as pd
 import pytest
+import ray
 
 from fmtrade.errors import InputError
 from fmtrade.evaluation import ROW_KEYS, EvalParams, cut_windows, evaluate_symbol
+from fmtrade.jobs.ray_runtime import init_ray
 from fmtrade.models.baselines import NaiveForecaster, RandomWalkForecaster
-from tests.conftest import run_cli
+from tests.conftest import free_port, run_cli
 
 
 def _series(n: int, start: str = "2023-01-01") -> pd.Series:
@@ -187,3 +190,38 @@ def test_evaluate_bad_input_exits_2(market_store, capsys, args: list[str], messa
     assert out == ""
     assert message in err
     assert "Traceback" not in err
+
+
+def test_evaluate_at_an_address_where_no_cluster_answers_exits_2(market_store, capsys) -> None:
+    address = f"127.0.0.1:{free_port()}"
+    code, out, err = _evaluate(market_store, capsys, "--symbols", "AAAUSDT", "--models", "naive", "--address", address)
+    assert (code, out) == (2, "")
+    assert err.strip().splitlines() == [f"error: no Ray cluster answers at {address}"]
+
+
+@pytest.fixture(scope="module")
+def local_ray() -> Iterator[None]:
+    init_ray("local", num_cpus=2)
+    yield
+    ray.shutdown()
+
+
+@pytest.mark.slow
+def test_evaluate_on_ray_gives_the_rows_of_the_in_process_run(market_store, capsys, local_ray) -> None:
+    args = ("--symbols", "AAAUSDT,BBBUSDT", "--models", "naive", "--context", "256", "--horizon", "12",
+            "--stride", "96")  # fmt: skip
+    code, here, _ = _evaluate(market_store, capsys, *args)
+    assert code == 0
+    code, on_ray, _ = _evaluate(market_store, capsys, *args, "--address", "local")
+    assert code == 0
+    assert json.loads(on_ray) == json.loads(here)
+
+
+@pytest.mark.slow
+def test_evaluate_on_ray_reports_a_tasks_input_error_in_one_line(market_store, capsys, local_ray) -> None:
+    code, out, err = _evaluate(
+        market_store, capsys, "--symbols", "AAAUSDT", "--models", "naive", "--context", "64", "--horizon", "2000",
+        "--address", "local",
+    )  # fmt: skip
+    assert (code, out) == (2, "")
+    assert len(err.strip().splitlines()) == 1 and err.startswith("error: horizon: 2000 exceeds the horizon of naive")

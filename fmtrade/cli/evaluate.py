@@ -1,15 +1,38 @@
-"""``fmtrade evaluate``: zero-shot walk-forward evaluation of models on stored symbols."""
+"""``fmtrade evaluate``: zero-shot walk-forward evaluation of models on stored symbols.
+
+On a Ray cluster (``--address``, else ``RAY_ADDRESS`` or a ``cluster.address`` other than
+``local``) one task per symbol scores it (:mod:`fmtrade.jobs.evaluate`, imported only then: the
+CLI is the top layer); otherwise this process scores the symbols one after another, the same rows
+without the start of an embedded Ray.
+"""
 
 from __future__ import annotations
 
 import logging
+import os
 import time
+from collections.abc import Mapping
+from typing import Any
 
+import pandas as pd
 import typer
 
-from fmtrade.cli.common import JSON_OPTION, STORE_OPTION, emit_json, print_table, settings, split_csv
+from fmtrade.cli.common import (
+    ADDRESS_OPTION,
+    CATEGORY_OPTION,
+    INTERVAL_OPTION,
+    JSON_OPTION,
+    STORE_OPTION,
+    SYMBOLS_OPTION,
+    emit_json,
+    market,
+    print_table,
+    settings,
+    split_csv,
+)
+from fmtrade.config import Settings
 from fmtrade.data.closes import load_closes
-from fmtrade.data.intervals import check_category, check_interval, interval_offset
+from fmtrade.data.intervals import interval_offset
 from fmtrade.data.store import Store, to_utc
 from fmtrade.ensemble import ENSEMBLE_NAME
 from fmtrade.evaluation import ROW_KEYS, EvalParams, check_horizon, cut_windows, evaluate_symbol
@@ -30,23 +53,49 @@ def _specs(names: list[str]) -> tuple[list[ModelSpec], list[ModelSpec]]:
     return wanted, [*wanted, anchor]
 
 
+def _ray_address(address: str | None, cfg: Settings) -> str | None:
+    """The Ray cluster to evaluate on, or None to evaluate in this process (the default:
+    ``cluster.address`` is ``local``)."""
+    if address:
+        return address
+    if os.environ.get("RAY_ADDRESS"):  # a job submitted to a cluster (`fmtrade cluster submit`)
+        return os.environ["RAY_ADDRESS"]
+    return None if cfg.cluster.address == "local" else cfg.cluster.address
+
+
+def _evaluate_here(
+    series: Mapping[str, pd.Series], specs: list[ModelSpec], cfg: Settings, params: EvalParams,
+    weights: Mapping[str, float],
+) -> list[dict[str, Any]]:  # fmt: skip
+    """Rows of every symbol, scored in this process with each model loaded once."""
+    forecasters = {spec.name: build_forecaster(spec, cfg) for spec in specs}
+    check_horizon(forecasters, params.horizon)
+    rows = []
+    for symbol, closes in series.items():
+        began = time.perf_counter()
+        rows.extend(evaluate_symbol(symbol, closes, forecasters, params, weights))
+        log.info("evaluated %s in %.1fs", symbol, time.perf_counter() - began)
+    return rows
+
+
 def evaluate(
-    symbols: str = typer.Option(..., "--symbols", help="Comma-separated symbols, e.g. BTCUSDT,ETHUSDT."),
+    symbols: str = SYMBOLS_OPTION,
     models: str = typer.Option(None, "--models", help="Comma-separated registry names (default: all enabled)."),
     context: int = typer.Option(512, "--context", help="Bars of history per forecast."),
     horizon: int = typer.Option(24, "--horizon", help="Bars forecast (and scored) per window."),
     stride: int = typer.Option(24, "--stride", help="Bars between consecutive forecast origins."),
     start: str = typer.Option(None, "--start", help="First bar a scored target may cover (UTC)."),
     end: str = typer.Option(None, "--end", help="Last bar a scored target may cover (UTC)."),
-    category: str = typer.Option(None, "--category", help="linear | inverse | spot (default: data.category)."),
-    interval: str = typer.Option(None, "--interval", help="Bar interval (default: data.interval)."),
+    category: str = CATEGORY_OPTION,
+    interval: str = INTERVAL_OPTION,
+    address: str = ADDRESS_OPTION,
     store: str = STORE_OPTION,
     json_out: bool = JSON_OPTION,
 ) -> None:
-    """Score every model, their ensemble and the random walk on the same walk-forward windows."""
+    """Score every model, their ensemble and the random walk on the same walk-forward windows
+    (one Ray task per symbol with --address; in this process by default)."""
     cfg = settings()
-    category = check_category(category or cfg.data.category)
-    interval = check_interval(interval or cfg.data.interval)
+    category, interval = market(category, interval)
     params = EvalParams(context, horizon, stride, to_utc(start, "start"), to_utc(end, "end"))
     names = split_csv(symbols, "--symbols")
     members, specs = _specs(split_csv(models, "--models"))
@@ -57,14 +106,14 @@ def evaluate(
     for symbol in dict.fromkeys(names):
         series[symbol] = load_closes(data_store, symbol, interval, category, lookback, params.end)
         cut_windows(series[symbol], params, symbol)
-    forecasters = {spec.name: build_forecaster(spec, cfg) for spec in specs}
-    check_horizon(forecasters, params.horizon)
     weights = {spec.name: spec.weight for spec in members}
-    rows = []
-    for symbol, closes in series.items():
-        began = time.perf_counter()
-        rows.extend(evaluate_symbol(symbol, closes, forecasters, params, weights))
-        log.info("evaluated %s in %.1fs", symbol, time.perf_counter() - began)
+    ray_address = _ray_address(address, cfg)
+    if ray_address is None:
+        rows = _evaluate_here(series, specs, cfg, params, weights)
+    else:
+        from fmtrade.jobs.evaluate import run_evaluate_job
+
+        rows = run_evaluate_job(series, specs, cfg, params, weights, ray_address)
     if json_out:
         emit_json(rows)
         return
