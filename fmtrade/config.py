@@ -105,13 +105,6 @@ class BacktestSettings(Section):
     runs_dir: str | None = Field(None, description="default $FMTRADE_HOME/runs")
 
 
-class AgentSettings(Section):
-    symbols: list[str] = Field(default_factory=lambda: ["BTCUSDT"])
-    max_position_fraction: float = Field(1.0, gt=0, le=10)
-    max_daily_loss_fraction: float = Field(0.05, gt=0, le=1)
-    paper: bool = True
-
-
 class ClusterSettings(Section):
     address: str = Field("local", description="'local' (embedded Ray), 'auto', or ray://host:port")
     num_cpus: int | None = Field(None, ge=1)
@@ -131,7 +124,6 @@ class Settings(BaseSettings):
     serve: ServeSettings = Field(default_factory=ServeSettings)
     train: TrainSettings = Field(default_factory=TrainSettings)
     backtest: BacktestSettings = Field(default_factory=BacktestSettings)
-    agent: AgentSettings = Field(default_factory=AgentSettings)
     cluster: ClusterSettings = Field(default_factory=ClusterSettings)
 
     @field_validator("home", mode="before")

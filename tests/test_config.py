@@ -49,6 +49,7 @@ def test_store_override_order(monkeypatch: pytest.MonkeyPatch) -> None:
         ("backtest:\n  taker_fee_bps: -1\n", "backtest.taker_fee_bps"),
         ("serve:\n  port: 70000\n", "serve.port"),
         ("modelz:\n  profile: local\n", "modelz"),
+        ("agent:\n  paper: true\n", "agent"),  # no trading agent yet, so no settings for one
     ],
 )
 def test_invalid_yaml_names_the_field(tmp_path: Path, doc: str, field: str) -> None:
@@ -80,13 +81,3 @@ def test_api_token_from_env_is_secret(monkeypatch: pytest.MonkeyPatch) -> None:
     assert settings.serve.api_token.get_secret_value() == "s3cret"
     assert "s3cret" not in repr(settings)
 
-
-def test_input_error_survives_pickling() -> None:
-    """Ray ships errors back from workers by pickling them."""
-    import pickle
-
-    from fmtrade.errors import InputError
-
-    err = pickle.loads(pickle.dumps(InputError("horizon", "exceeds 64")))
-    assert isinstance(err, InputError)
-    assert (err.field, err.reason, str(err)) == ("horizon", "exceeds 64", "horizon: exceeds 64")
