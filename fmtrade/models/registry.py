@@ -61,6 +61,17 @@ ADAPTERS: dict[str, Adapter] = {
 DEFAULT_REGISTRY = "models.yaml"
 
 
+def adapter_of(key: str) -> Adapter:
+    """A built-in adapter, or ``package.module:Class`` for a Forecaster of one's own (family
+    ``custom``, no checkpoint: its constructor gets the spec's name, options and limits)."""
+    if key in ADAPTERS:
+        return ADAPTERS[key]
+    module, _, cls = key.partition(":")
+    if not (module and cls):
+        raise ValueError(f"unknown adapter {key!r}; known: {', '.join(ADAPTERS)}, or package.module:Class")
+    return Adapter("custom", module, cls)
+
+
 class ModelSpec(BaseModel):
     """One registry entry: enough to build a :class:`Forecaster`."""
 
@@ -82,19 +93,18 @@ class ModelSpec(BaseModel):
     @field_validator("adapter")
     @classmethod
     def _adapter_known(cls, value: str) -> str:
-        if value not in ADAPTERS:
-            raise ValueError(f"unknown adapter {value!r}; known: {', '.join(ADAPTERS)}")
+        adapter_of(value)
         return value
 
     @model_validator(mode="after")
     def _checkpoint_when_needed(self) -> ModelSpec:
-        if ADAPTERS[self.adapter].needs_checkpoint and not self.checkpoint:
+        if adapter_of(self.adapter).needs_checkpoint and not self.checkpoint:
             raise ValueError(f"adapter {self.adapter!r} needs a checkpoint (zoo name, path or hub id)")
         return self
 
     @property
     def family(self) -> str:
-        return ADAPTERS[self.adapter].family
+        return adapter_of(self.adapter).family
 
 
 class Registry(BaseModel):
@@ -243,12 +253,13 @@ def _import(adapter: Adapter, attr: str) -> Any:
 
 
 def adapter_class(adapter_key: str) -> type[Forecaster]:
-    return _import(ADAPTERS[adapter_key], ADAPTERS[adapter_key].cls)
+    adapter = adapter_of(adapter_key)
+    return _import(adapter, adapter.cls)
 
 
 def zoo_builder(adapter_key: str) -> Callable[..., Path] | None:
-    """The family's ``build_<family>_checkpoint`` (None for baselines)."""
-    adapter = ADAPTERS[adapter_key]
+    """The family's ``build_<family>_checkpoint`` (None for baselines and custom adapters)."""
+    adapter = adapter_of(adapter_key)
     return _import(adapter, adapter.builder) if adapter.builder else None
 
 
@@ -257,7 +268,7 @@ def build_forecaster(spec: ModelSpec, settings: Settings) -> Forecaster:
     cls = adapter_class(spec.adapter)
     kwargs: dict[str, Any] = {"max_batch_size": spec.batch_size, "context_length": spec.context_length}
     checkpoint = resolve_checkpoint(spec, settings)
-    if ADAPTERS[spec.adapter].needs_checkpoint:
+    if adapter_of(spec.adapter).needs_checkpoint:
         kwargs.update(device=spec.device, dtype=spec.dtype)
         built = Path(str(checkpoint))
         if in_zoo(spec, settings) and built.is_dir() and is_outdated(spec.family, built):
