@@ -84,10 +84,6 @@ class ModelDeployment:
         into pieces of at most ``max_batch_size`` series for ``@serve.batch``, which merges
         them with other calls' pieces; a request's failure comes back in its own slot, so the
         requests that travelled with it still get their answers."""
-        if self.options.delay_s:
-            await asyncio.sleep(self.options.delay_s)
-        if self.options.fail_with:
-            raise RuntimeError(self.options.fail_with)
         return list(await asyncio.gather(*(self._answer(r) for r in requests)))
 
     async def _answer(self, request: ModelRequest) -> ModelResult | Exception:

@@ -101,10 +101,6 @@ class ModelOptions(Scaling):
     batch_wait_timeout_s: float = Field(0.005, ge=0)
     max_adapters_per_replica: int = Field(4, ge=1, description="LoRA adapters kept loaded per replica (LRU)")
     health_check_period_s: float = Field(10.0, gt=0)
-    # Test-only fault injection: make every forecast request fail or arrive late, so the
-    # ensemble's drop-and-report path can be exercised against a real deployment.
-    fail_with: str | None = Field(None, description="TEST ONLY: every forecast raises this message")
-    delay_s: float = Field(0.0, ge=0, description="TEST ONLY: sleep before every forecast")
 
     @model_validator(mode="after")
     def _queue_holds_a_batch(self) -> ModelOptions:

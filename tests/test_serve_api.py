@@ -1,9 +1,10 @@
 """End to end: the real Serve application on a local Ray, driven over HTTP with httpx.
 
 One module-scoped deployment serves every case (starting Serve costs tens of seconds
-on 2 cores): three real models, two fault-injected members (``broken`` raises,
-``late`` exceeds the ensemble's time budget), a per-symbol LoRA adapter for the
-Chronos-Bolt zoo model, and a second application with bearer-token auth on.
+on 2 cores): three real models, two faulty members (``broken`` raises, ``late`` exceeds
+the ensemble's time budget: test models from tests/faulty_models.py, named in the test
+registry), a per-symbol LoRA adapter for the Chronos-Bolt zoo model, and a second
+application with bearer-token auth on.
 """
 
 from __future__ import annotations
@@ -32,7 +33,7 @@ from fmtrade.errors import InputError
 from fmtrade.models.chronos import ChronosBoltForecaster
 from fmtrade.models.registry import active_specs, build_forecaster, select_specs
 from fmtrade.models.zoo import build_zoo
-from tests.conftest import free_port
+from tests.conftest import free_port, run_cli
 
 pytestmark = pytest.mark.slow
 
@@ -45,6 +46,7 @@ ADAPTED, PLAIN = "SYNAUSDT", "SYNBUSDT"
 TOKEN = "test-token-7f3a"
 MAX_CONTEXT = 4096
 MAX_BODY = 200_000
+FAULTY = "tests.faulty_models"  # imported by the replicas too: Ray puts the driver's working directory on their path
 
 REGISTRY = {
     "profiles": {
@@ -52,8 +54,10 @@ REGISTRY = {
             {"name": "random-walk", "adapter": "random-walk"},
             {"name": "naive", "adapter": "naive", "weight": 2.0},
             {"name": BOLT, "adapter": "chronos-bolt", "checkpoint": BOLT},
-            {"name": "broken", "adapter": "naive"},
-            {"name": "late", "adapter": "random-walk"},
+            {"name": "broken", "adapter": f"{FAULTY}:FailingForecaster"},
+            {"name": "late", "adapter": f"{FAULTY}:LateForecaster", "options": {"delay_s": 10.0}},  # budget: 3 s
+            {"name": "slow", "adapter": f"{FAULTY}:LateForecaster", "options": {"delay_s": 1.0}},
+            {"name": "busy", "adapter": f"{FAULTY}:LateForecaster", "options": {"delay_s": 0.25}},
         ]
     }
 }
@@ -96,7 +100,6 @@ def service(tmp_path_factory: pytest.TempPathFactory) -> Iterator[dict[str, Any]
             "settings": overrides,
             "models": [*REAL, "broken", "late"],
             "model_defaults": {**small, "max_batch_size": 16, "batch_wait_timeout_s": 0.01},
-            "model_options": {"broken": {"fail_with": "injected failure"}, "late": {"delay_s": 30.0}},
             "ensemble": {**small, "timeout_s": 3.0},
             "ingress": small,
             "limits": {"max_context_points": MAX_CONTEXT, "max_quantiles": 9},
@@ -117,7 +120,8 @@ def service(tmp_path_factory: pytest.TempPathFactory) -> Iterator[dict[str, Any]
             serve.run(build_app(args), name="fmtrade", route_prefix="/", blocking=False)
             serve.run(build_app(secure), name="secure", route_prefix="/secure", blocking=False)
             with httpx.Client(base_url=f"http://127.0.0.1:{port}", timeout=120) as client:
-                yield {"client": client, "store": store, "url": f"http://127.0.0.1:{port}", "overrides": overrides}
+                yield {"client": client, "store": store, "url": f"http://127.0.0.1:{port}", "overrides": overrides,
+                       "registry": registry}  # fmt: skip
         finally:
             serve.shutdown()
             ray.shutdown()
@@ -186,6 +190,39 @@ def test_ensemble_drops_failing_and_late_members(client: httpx.Client, service: 
     assert doc["timestamps"][0].startswith((last + np.timedelta64(1, "h")).strftime("%Y-%m-%dT%H:00"))
     assert len(doc["timestamps"]) == 24
     assert doc["latency_ms"] > 0 and all(m["latency_ms"] > 0 for m in doc["models"].values())
+
+
+def _leaves(value: Any) -> list[Any]:
+    """A document's keys and values, depth first in key order: equal lists, equal documents."""
+    if isinstance(value, dict):
+        return [leaf for key in sorted(value) for leaf in (key, *_leaves(value[key]))]
+    if isinstance(value, list):
+        return [leaf for item in value for leaf in _leaves(item)]
+    return [value]
+
+
+def test_the_api_answers_the_cli_document(
+    client: httpx.Client, service: dict[str, Any], capsys: pytest.CaptureFixture[str], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """`fmtrade forecast --json` on the same store and registry builds the document the API answers:
+    the same keys and, from the same deterministic models on the same closes, the same values."""
+    monkeypatch.setenv("FMTRADE_HOME", service["overrides"]["home"])
+    monkeypatch.setenv("FMTRADE_MODELS__REGISTRY", str(service["registry"]))
+    models = ["random-walk", "naive"]
+    argv = ["forecast", "--symbol", PLAIN, "--category", "linear", "--interval", "60", "--horizon", "6"]
+    options = ["--context", "512", "--quantiles", "0.1,0.5,0.9", "--models", ",".join(models)]
+    code, out, err = run_cli([*argv, *options, "--json"], capsys)
+    assert code == 0, err
+    body = {"symbol": PLAIN, "horizon": 6, "context_length": 512, "quantiles": [0.1, 0.5, 0.9], "models": models}
+    response = client.post("/v1/forecast", json=body)
+    assert response.status_code == 200, response.text
+    local, served = json.loads(out), response.json()
+    assert served["models"]["naive"]["latency_ms"] > 0 and local["models"]["naive"]["latency_ms"] is None
+    for doc in (local, served):  # how long it took and how the service batched the members is its own
+        doc["latency_ms"] = 0.0
+        for member in doc["models"].values():
+            member.update(latency_ms=0.0, batch_size=1)
+    assert _leaves(served) == pytest.approx(_leaves(local))
 
 
 def test_all_members_failing_is_503(client: httpx.Client) -> None:
@@ -475,7 +512,7 @@ def _load(url: str, path: str, body: dict[str, Any], clients: int) -> Iterator[l
 
 
 def test_a_loaded_model_deployment_scales_out_and_back(client: httpx.Client, service: dict[str, Any]) -> None:
-    """Autoscaling from the serve config, end to end: calls held 0.25 s each (fault injection) by
+    """Autoscaling from the serve config, end to end: calls held 0.25 s each (the ``busy`` test model) by
     8 HTTP clients keep 4 calls in flight at the model (2 per replica it may have) against a target
     of 1, so Serve starts its second replica; when the load stops it goes back to one. Every
     request is answered while replicas come and go."""
@@ -486,19 +523,19 @@ def test_a_loaded_model_deployment_scales_out_and_back(client: httpx.Client, ser
     quick = {"upscale_delay_s": 0, "downscale_delay_s": 1, "look_back_period_s": 11}
     args = {
         "settings": service["overrides"],
-        "models": ["random-walk"],
-        "model_defaults": {**small, **scaling, **quick, "delay_s": 0.25},
+        "models": ["busy"],
+        "model_defaults": {**small, **scaling, **quick},
         "ensemble": small,
         "ingress": small,
     }
     serve.run(build_app(args), name="scaling", route_prefix="/scaling", blocking=False)
     body = {"context": _closes(service["store"], PLAIN, 64), "horizon": 4}
     try:
-        assert _replicas(client, "/scaling", "random-walk") == 1
+        assert _replicas(client, "/scaling", "busy") == 1
         with _load(service["url"], "/scaling/v1/forecast", body, clients=8) as answers:
-            _wait_for(lambda: _replicas(client, "/scaling", "random-walk") == 2, 90, "scaling out to 2 replicas")
+            _wait_for(lambda: _replicas(client, "/scaling", "busy") == 2, 90, "scaling out to 2 replicas")
             time.sleep(2)  # both replicas serve for a while
-        _wait_for(lambda: _replicas(client, "/scaling", "random-walk") == 1, 90, "scaling back to 1 replica")
+        _wait_for(lambda: _replicas(client, "/scaling", "busy") == 1, 90, "scaling back to 1 replica")
     finally:
         serve.delete("scaling")
     assert len(answers) > 20 and {a.status_code for a in answers} == {200}
@@ -523,14 +560,14 @@ def test_a_member_slower_than_its_load_answers_what_it_can_and_sheds_the_rest(
     small = {"num_cpus": 0.1, "max_ongoing_requests": 64}
     args = {
         "settings": service["overrides"],
-        "models": ["random-walk", "late"],
+        "models": ["random-walk", "slow"],
         "model_defaults": small,
-        "model_options": {"late": {"delay_s": 1.0, "max_batch_size": 1, "calls_per_caller": 1}},
+        "model_options": {"slow": {"max_batch_size": 1, "calls_per_caller": 1}},
         "ensemble": {**small, "timeout_s": 2.0},
         "ingress": small,
     }
     serve.run(build_app(args), name="overload", route_prefix="/overload", blocking=False)
-    body = {"context": _closes(service["store"], PLAIN, 64), "horizon": 4, "models": ["random-walk", "late"]}
+    body = {"context": _closes(service["store"], PLAIN, 64), "horizon": 4, "models": ["random-walk", "slow"]}
     try:
         _wait_for(lambda: client.post("/overload/v1/forecast", json=body).status_code == 200, 60, "the app answering")
         with _load(service["url"], "/overload/v1/forecast", body, clients=6) as answers:
@@ -540,8 +577,8 @@ def test_a_member_slower_than_its_load_answers_what_it_can_and_sheds_the_rest(
     assert {a.status_code for a in answers} == {200}, {a.status_code: a.text for a in answers}
     docs = [a.json() for a in answers]
     assert all("random-walk" in d["models"] for d in docs)
-    reasons = [d["failed"]["late"] for d in docs if "late" in d["failed"]]
-    assert any("late" in d["models"] for d in docs), reasons
+    reasons = [d["failed"]["slow"] for d in docs if "slow" in d["failed"]]
+    assert any("slow" in d["models"] for d in docs), reasons
     assert sum(r.startswith("shed: ") for r in reasons) >= len(docs) // 2, reasons
     assert all(r.startswith(("shed: ", "timed out")) for r in reasons), reasons
 

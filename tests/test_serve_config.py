@@ -7,8 +7,10 @@ import math
 import os
 import subprocess
 import sys
+import time
 from pathlib import Path
 
+import numpy as np
 import pytest
 import yaml
 from ray.serve.schema import ServeDeploySchema
@@ -16,6 +18,7 @@ from ray.serve.schema import ServeDeploySchema
 from fmtrade.config import load_settings
 from fmtrade.errors import ConfigError
 from fmtrade.jobs.ray_runtime import FAST_PATH_ENV, HAPROXY_SWITCH, ray_cpu_count
+from fmtrade.models.registry import active_specs, build_forecaster
 from fmtrade.serve.api import field_loc
 from fmtrade.serve.app import cpus_at_start, served_models
 from fmtrade.serve.options import AppConfig
@@ -47,6 +50,30 @@ def test_options_validation_names_the_field() -> None:
         AppConfig.parse({"ingress": {"min_replicas": 3, "max_replicas": 2}})
     with pytest.raises(ConfigError, match="unexpected_field"):
         AppConfig.parse({"unexpected_field": 1})
+    # Faults come from test models (tests/faulty_models.py), not from production settings.
+    with pytest.raises(ConfigError, match=r"model_defaults\.fail_with: Extra inputs"):
+        AppConfig.parse({"model_defaults": {"fail_with": "boom", "delay_s": 1.0}})
+
+
+def test_a_registry_entry_names_a_forecaster_class_of_its_own(tmp_path: Path) -> None:
+    """How the end-to-end tests add faulty members: ``adapter: package.module:Class``."""
+    faulty = [
+        {"name": "broken", "adapter": "tests.faulty_models:FailingForecaster"},
+        {"name": "late", "adapter": "tests.faulty_models:LateForecaster", "options": {"delay_s": 0.2}},
+    ]
+    registry = tmp_path / "models.yaml"
+    registry.write_text(yaml.safe_dump({"profiles": {"local": faulty}}))
+    overrides = {"models": {"registry": str(registry)}}
+    assert served_models(AppConfig.parse({"settings": overrides})) == ["broken", "late"]
+    settings = load_settings(None, overrides)
+    broken, late = (build_forecaster(spec, settings) for spec in active_specs(settings))
+    context = np.linspace(100.0, 101.0, 64)
+    assert broken.forecast([context], 1).mean.shape == (1, 1)  # the replica health probe passes
+    with pytest.raises(RuntimeError, match="injected failure"):
+        broken.forecast([context], 4)
+    start = time.perf_counter()
+    late.forecast([context], 4)
+    assert time.perf_counter() - start >= 0.2
 
 
 def test_deployment_options_carry_resources_batching_and_autoscaling() -> None:
