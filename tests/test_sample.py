@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import shutil
 from pathlib import Path
 
@@ -11,6 +12,7 @@ import pytest
 from fmtrade.data import sample
 from fmtrade.data.store import Store
 from fmtrade.errors import DataError, InputError
+from tests.conftest import run_cli
 
 
 def test_every_shipped_symbol_imports_through_the_importers_validation(tmp_path: Path) -> None:
@@ -42,3 +44,13 @@ def test_a_damaged_file_fails_its_checksum_before_import(tmp_path: Path, monkeyp
     monkeypatch.setattr(sample, "SAMPLE_DIR", damaged)
     with pytest.raises(DataError, match="XRPUSDT.parquet: sha256 does not match"):
         sample.import_sample(Store(str(tmp_path / "store")), ["XRPUSDT"])
+
+
+def test_cli_imports_the_chosen_symbols_and_refuses_unknown_ones(tmp_path: Path, capsys) -> None:
+    store = str(tmp_path / "store")
+    code, out, _ = run_cli(["data", "sample", "--symbols", "XRPUSDT", "--store", store, "--json"], capsys)
+    assert code == 0
+    [row] = json.loads(out)
+    assert (row["symbol"], row["category"], row["interval"], row["new_bars"]) == ("XRPUSDT", "spot", "60", 23988)
+    code, _, err = run_cli(["data", "sample", "--symbols", "XRPUSDT,NOPE", "--store", store], capsys)
+    assert code == 2 and err.strip().splitlines()[-1].startswith("error: symbols: NOPE is not in the sample")

@@ -1,4 +1,5 @@
-"""``fmtrade data``: sync bars from Bybit, import files, inspect the store, synthesise markets, replay."""
+"""``fmtrade data``: sync bars from Bybit, import files or the shipped sample, inspect the store, synthesise
+markets, replay."""
 
 from __future__ import annotations
 
@@ -23,7 +24,7 @@ from fmtrade.cli.common import (
 )
 from fmtrade.data.store import Progress, Store, iso, require_bars, to_utc
 
-app = typer.Typer(help="Market data: sync, import, show, synth, replay.", no_args_is_help=True)
+app = typer.Typer(help="Market data: sync, import, sample, show, synth, replay.", no_args_is_help=True)
 
 
 def open_store(store: str | None) -> Store:
@@ -106,6 +107,25 @@ def import_(
     else:
         print_table([{"field": k, "value": v} for k, v in result.to_dict().items()], ["field", "value"],
                     title="imported")
+
+
+@app.command()
+def sample(
+    symbols: str = typer.Option(None, "--symbols", help="Comma-separated sample symbols (default: all five)."),
+    store: str = STORE_OPTION,
+    as_json: bool = JSON_OPTION,
+) -> None:
+    """Import the real-market sample shipped in the package (Binance spot hourly bars of BTC, ETH, SOL,
+    BNB and XRP against USDT, 2021-04..2023-12) as category spot, interval 60."""
+    from fmtrade.data.sample import import_sample
+
+    results = import_sample(open_store(store), split_csv(symbols, "--symbols") or None)
+    rows = [result.to_dict() for result in results]
+    if as_json:
+        emit_json(rows)
+    else:
+        print_table(rows, ["symbol", "category", "interval", "rows", "new_bars", "first", "last"],
+                    title="sample imported")
 
 
 @app.command()
