@@ -126,12 +126,12 @@ class _ChronosFamily(NeuralForecaster):
 # Training objectives --------------------------------------------------------------------------
 
 
-class ChronosTokenObjective(Objective):
+class ChronosTokenObjective(Objective["ChronosForecaster"]):
     """Chronos T5: the library's tokenizer turns context and target into token ids (mean scaling,
     uniform bins); the loss is the T5 model's own cross-entropy over the target tokens (``labels``;
     missing values are not scored)."""
 
-    def _native(self, forecaster: NeuralForecaster) -> tuple[int, int]:
+    def _native(self, forecaster: ChronosForecaster) -> tuple[int, int]:
         self.tokenizer = forecaster.pipeline.tokenizer
         config = forecaster.pipeline.model.config
         return min(config.context_length, MAX_TRAIN_CONTEXT), config.prediction_length
@@ -145,10 +145,10 @@ class ChronosTokenObjective(Objective):
         return out.loss
 
 
-class ChronosBoltObjective(Objective):
+class ChronosBoltObjective(Objective["ChronosBoltForecaster"]):
     """Chronos-Bolt: the model's own quantile (pinball) loss, ``forward(context, target=...)``."""
 
-    def _native(self, forecaster: NeuralForecaster) -> tuple[int, int]:
+    def _native(self, forecaster: ChronosBoltForecaster) -> tuple[int, int]:
         config = forecaster.module.chronos_config
         return min(config.context_length, MAX_TRAIN_CONTEXT), config.prediction_length
 
@@ -157,11 +157,11 @@ class ChronosBoltObjective(Objective):
         return model(context=context, target=target).loss
 
 
-class Chronos2Objective(Objective):
+class Chronos2Objective(Objective["Chronos2Forecaster"]):
     """Chronos-2: the model's own quantile loss, ``forward(context, future_target=...)``, every row
     its own group (univariate forecasting)."""
 
-    def _native(self, forecaster: NeuralForecaster) -> tuple[int, int]:
+    def _native(self, forecaster: Chronos2Forecaster) -> tuple[int, int]:
         config = forecaster.module.chronos_config
         self.patch = config.output_patch_size
         return min(config.context_length, MAX_TRAIN_CONTEXT), config.output_patch_size * config.max_output_patches
@@ -276,6 +276,7 @@ class ChronosForecaster(_ChronosFamily):
     stochastic = True
     pipeline_class = ChronosPipeline
     objective_class = ChronosTokenObjective
+    pipeline: ChronosPipeline
 
     def _take_options(self, options: dict[str, Any]) -> None:
         self._num_samples = options.pop("num_samples", None)
@@ -314,6 +315,7 @@ class ChronosBoltForecaster(_ChronosFamily):
     family = "chronos-bolt"
     pipeline_class = ChronosBoltPipeline
     objective_class = ChronosBoltObjective
+    module: ChronosBoltModelForForecasting
 
     def _pipeline(self, source: str) -> BaseChronosPipeline:
         pipeline = super()._pipeline(source)
@@ -349,6 +351,7 @@ class Chronos2Forecaster(_ChronosFamily):
     covariates = ("volume", "funding")
     pipeline_class = Chronos2Pipeline
     objective_class = Chronos2Objective
+    module: Chronos2Model
 
     def _predict(
         self,

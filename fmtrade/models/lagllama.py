@@ -435,10 +435,10 @@ def build_lagllama_checkpoint(out_dir: Path, size: str = "tiny", seed: int = 0) 
 # Forecaster --------------------------------------------------------------------------------------
 
 
-class LagLlamaObjective(Objective):
+class LagLlamaObjective(Objective["LagLlamaForecaster"]):
     """The model's own Student-t NLL (:meth:`LagLlamaModel.forward`) over context + prediction tokens."""
 
-    def _native(self, forecaster: NeuralForecaster) -> tuple[int, int]:
+    def _native(self, forecaster: LagLlamaForecaster) -> tuple[int, int]:
         config = forecaster.module.config
         return config.max_lag + config.context_length, config.prediction_length
 

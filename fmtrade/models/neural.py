@@ -33,7 +33,7 @@ class NeuralForecaster(Forecaster):
     #: peft LoRA targets (attention and feed-forward projections) fine-tuning uses by default.
     lora_target_modules: ClassVar[tuple[str, ...]]
     #: The family's own training loss (:meth:`objective`).
-    objective_class: ClassVar[type[Objective]]
+    objective_class: ClassVar[type[Objective[Any]]]
     #: What ``dtype="auto"`` resolves through (``auto``: bfloat16 on GPUs that support it).
     auto_dtype: ClassVar[str] = "auto"
 
@@ -85,6 +85,6 @@ class NeuralForecaster(Forecaster):
         """Write :attr:`module` in the family's native on-disk format (what :meth:`_load` reads),
         atomically; ``out_dir`` must not exist."""
 
-    def objective(self, context: int | None = None) -> Objective:
+    def objective(self, context: int | None = None) -> Objective[Any]:
         """The family's training loss on this forecaster's module, on windows of at most ``context`` values."""
         return self.objective_class(self, context)

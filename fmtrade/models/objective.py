@@ -9,12 +9,15 @@ from __future__ import annotations
 
 import abc
 from dataclasses import dataclass
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Generic, TypeVar
 
 import torch
 
 if TYPE_CHECKING:
     from fmtrade.models.neural import NeuralForecaster
+
+#: The forecaster class an objective trains (its module and library objects are typed by it).
+F = TypeVar("F", bound="NeuralForecaster")
 
 #: Longest context the training windows use (the zoo models' context length).
 MAX_TRAIN_CONTEXT = 512
@@ -32,16 +35,16 @@ class Geometry:
         return self.context + self.horizon
 
 
-class Objective(abc.ABC):
+class Objective(abc.ABC, Generic[F]):
     """A family's own loss on windows ``[B, context + horizon]`` of raw values (NaN = missing)."""
 
-    def __init__(self, forecaster: NeuralForecaster, context: int | None) -> None:
+    def __init__(self, forecaster: F, context: int | None) -> None:
         self.device = torch.device(forecaster.device)
         native_context, horizon = self._native(forecaster)
         self.geometry = Geometry(min(context or native_context, native_context), horizon)
 
     @abc.abstractmethod
-    def _native(self, forecaster: NeuralForecaster) -> tuple[int, int]:
+    def _native(self, forecaster: F) -> tuple[int, int]:
         """(longest training context, training horizon) of the family."""
 
     @abc.abstractmethod

@@ -190,7 +190,7 @@ def load_timesfm(source: str, torch_compile: bool = False) -> TimesFM2p5:
 # Training objective ----------------------------------------------------------------------------
 
 
-class TimesFMObjective(Objective):
+class TimesFMObjective(Objective["TimesFMForecaster"]):
     """The package has no training code, so the loss is written here, on the package's module and
     normalisation: every input patch is normalised with the running mean/std the package's decoder
     uses, and both heads are scored on the values that follow that patch (decoder-only training, as
@@ -200,7 +200,7 @@ class TimesFMObjective(Objective):
 
     MIN_PATCHES = 4
 
-    def _native(self, forecaster: NeuralForecaster) -> tuple[int, int]:
+    def _native(self, forecaster: TimesFMForecaster) -> tuple[int, int]:
         self.core = forecaster.module  # the unwrapped module: patch sizes and quantile levels
         self.levels = torch.tensor(self.core.config.quantiles, dtype=torch.float32, device=self.device)
         patch = self.core.p
@@ -273,6 +273,7 @@ class TimesFMForecaster(NeuralForecaster):
     lora_target_modules: ClassVar[tuple[str, ...]] = LORA_TARGET_MODULES
     objective_class = TimesFMObjective
     auto_dtype = "float32"  # the package's decode is written for float32; bfloat16 runs it under autocast
+    module: TimesFM2p5Module
 
     def _take_options(self, options: dict[str, Any]) -> None:
         self._torch_compile = bool(options.pop("torch_compile", False))
