@@ -10,7 +10,7 @@ Risk (VaR / ES) is read from the forecast distribution of the horizon return
 ``r = P_{t+h} / P_t - 1``: the quantile function of ``r`` is piecewise linear
 between the forecast quantile levels; below the lowest level it is extended
 linearly with the slope of the two lowest levels (a conservative straight
-tail, documented in the README), which is how 99% figures are obtained from
+tail, documented in docs/MODELS.md), which is how 99% figures are obtained from
 a forecast whose lowest level is 0.01 or 0.05.
 """
 

@@ -5,7 +5,7 @@ Everything goes through ``chronos-forecasting``: weights load with
 forecasts come from the pipelines' own ``predict`` methods, so a hub checkpoint
 and an fmtrade zoo checkpoint take exactly the same path.
 
-Design notes (also in the README):
+Design notes (also in docs/MODELS.md):
 
 * Mixed-length batches are passed as a list of 1-D tensors; the library left-pads
   them with NaN and all three families mask NaNs natively (padding and gaps alike).

@@ -10,7 +10,7 @@ package cannot do is build a module other than the 200M one, so
 JSON). A ``config.json`` without that key (hub checkpoints) gets the stock 200M
 definition, so hub ids and zoo directories take the same ``from_pretrained`` path.
 
-Forecasting notes (also in the README):
+Forecasting notes (also in docs/MODELS.md):
 
 * Mixed lengths and NaNs: rows go to the package as a list of arrays; it strips
   leading NaNs, linearly interpolates inner NaNs and left-pads with masked zeros.
