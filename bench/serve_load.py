@@ -257,6 +257,35 @@ def paired_ratios(runs: list[dict[str, Any]], clients: int) -> list[float]:
     return sorted(rps[("on", k)] / rps[("off", k)] for k in repeats)
 
 
+def request_load(args: argparse.Namespace, settings: Any, pool: list[list[float]]) -> Load:
+    """The requests clients send: contexts in the body, or (``--symbols N``) names of stored symbols,
+    two years of hourly bars each in the store the replicas read."""
+    if not args.symbols:
+        return build_load(pool, args.series, args.model)
+    names = [f"SYN{i}USDT" for i in range(args.symbols)]
+    market = synthesize(names, SyntheticSpec(hours=2 * 365 * 24, seed=0))
+    store = Store(settings.store_uri())
+    for name, bars in market.bars.items():
+        store.write_bars(settings.data.category, name, settings.data.interval, bars)
+    return symbol_load(names, args.model)
+
+
+def start_ray(args: argparse.Namespace) -> str:
+    """Start the embedded Ray with the front door asked for; returns the front's name."""
+    from fmtrade.jobs.ray_runtime import init_ray, start_local_ray
+
+    if args.direct_ingress:
+        os.environ["RAY_SERVE_ENABLE_DIRECT_INGRESS"] = "1"  # read by every Serve process Ray starts
+    if args.python_proxy:
+        os.environ[HAPROXY_SWITCH] = "0"
+    if args.ray_defaults:
+        init_ray("local")
+    else:
+        start_local_ray()
+    haproxy = os.environ.get(HAPROXY_SWITCH) == "1"
+    return "direct ingress (no proxy)" if args.direct_ingress else "HAProxy" if haproxy else "Ray's Python proxy"
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--model", default="chronos-bolt-fm-tiny")
@@ -292,20 +321,11 @@ def main() -> None:
     import ray
     from ray import serve
 
-    from fmtrade.jobs.ray_runtime import init_ray, start_local_ray
     from fmtrade.serve.app import build_app
 
     home, settings, spec = bench_home(args.model, args.size)
     pool = contexts(256, args.context)
-    if args.symbols:  # two years of hourly bars per symbol, in the store the replicas read
-        names = [f"SYN{i}USDT" for i in range(args.symbols)]
-        market = synthesize(names, SyntheticSpec(hours=2 * 365 * 24, seed=0))
-        store = Store(settings.store_uri())
-        for name, bars in market.bars.items():
-            store.write_bars(settings.data.category, name, settings.data.interval, bars)
-        load = symbol_load(names, args.model)
-    else:
-        load = build_load(pool, args.series, args.model)
+    load = request_load(args, settings, pool)
     model = build_forecaster(spec, settings)
     # Ray runs a replica with OMP_NUM_THREADS = its whole CPUs (at least 1): match it, or the direct
     # numbers measure a different thread count (2 threads on a busy 2-core VM were 10x slower).
@@ -328,16 +348,7 @@ def main() -> None:
             "limits": {"default_context_length": args.context},
         }  # fmt: skip
 
-    if args.direct_ingress:
-        os.environ["RAY_SERVE_ENABLE_DIRECT_INGRESS"] = "1"  # read by every Serve process Ray starts
-    if args.python_proxy:
-        os.environ[HAPROXY_SWITCH] = "0"
-    if args.ray_defaults:
-        init_ray("local")
-    else:
-        start_local_ray()
-    haproxy = os.environ.get(HAPROXY_SWITCH) == "1"
-    front = "direct ingress (no proxy)" if args.direct_ingress else "HAProxy" if haproxy else "Ray's Python proxy"
+    front = start_ray(args)
     results: dict[str, Any] = {"model": args.model, "size": args.size, "context": args.context, "horizon": HORIZON,
                                "series_per_request": args.series, "symbols": args.symbols,
                                "ray_defaults": args.ray_defaults, "front": front,

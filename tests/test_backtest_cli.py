@@ -11,10 +11,10 @@ from pathlib import Path
 import pytest
 import ray
 
-from fmtrade.cli import main as cli_main
 from fmtrade.data.store import Store
 from fmtrade.data.synthetic import SyntheticSpec, synthesize
 from fmtrade.jobs.ray_runtime import init_ray
+from tests.conftest import run_cli
 
 SYMBOLS = ("SYNAUSDT", "SYNBUSDT", "SYNCUSDT")
 
@@ -28,13 +28,6 @@ def store(tmp_path_factory) -> str:
         data.write_bars("linear", symbol, "60", market.bars[symbol])
         data.write_funding("linear", symbol, market.funding[symbol])
     return str(root)
-
-
-def run_cli(argv: list[str], capsys) -> tuple[int, str, str]:
-    with pytest.raises(SystemExit) as exit_info:
-        cli_main(argv)
-    out, err = capsys.readouterr()
-    return int(exit_info.value.code), out, err
 
 
 BASE = ["--start", "2023-01-20", "--end", "2023-02-20", "--context", "256", "--horizon", "24", "--rebalance", "24",
@@ -94,8 +87,26 @@ def test_cli_runs_the_ray_job_over_the_store_and_writes_the_run(store, tmp_path,
 def test_module_entry_point_rejects_a_horizon_beyond_a_models_max(store, tmp_path):
     """``python -m fmtrade`` is the entry point the RayJob manifest and cluster submissions run."""
     out_dir = tmp_path / "run"
-    argv = ["--symbols", "SYNAUSDT", "--models", "random-walk", "--start", "2023-01-20", "--end", "2023-02-01",
-            "--context", "64", "--horizon", "2000", "--category", "linear", "--store", store, "--out", str(out_dir)]
+    argv = [
+        "--symbols",
+        "SYNAUSDT",
+        "--models",
+        "random-walk",
+        "--start",
+        "2023-01-20",
+        "--end",
+        "2023-02-01",
+        "--context",
+        "64",
+        "--horizon",
+        "2000",
+        "--category",
+        "linear",
+        "--store",
+        store,
+        "--out",
+        str(out_dir),
+    ]
     done = subprocess.run([sys.executable, "-m", "fmtrade", "backtest", *argv], capture_output=True, text=True,
                           cwd=tmp_path, timeout=120)  # fmt: skip
     assert done.returncode == 2, done.stderr
