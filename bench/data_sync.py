@@ -145,8 +145,10 @@ def main() -> None:
     print(f"{'what':>12} {'rate limit':>10} {'bars':>7} {'requests':>8} {'seconds':>8} {'bars/s':>9} {'req/s':>6}")
     for what, rows in (("Store.sync", runs), ("klines only", fetches)):
         for run in rows:
-            print(f"{what:>12} {run['rate_limit']:>10} {run['bars']:>7} {run['requests']:>8} {run['seconds']:>8.2f} "
-                  f"{run['bars_per_s']:>9.0f} {run['requests_per_s']:>6.1f}")
+            print(
+                f"{what:>12} {run['rate_limit']:>10} {run['bars']:>7} {run['requests']:>8} {run['seconds']:>8.2f} "
+                f"{run['bars_per_s']:>9.0f} {run['requests_per_s']:>6.1f}"
+            )
     print(f"limiter off / on: sync {result['sync_off_over_on']:.2f}x, klines only {result['klines_off_over_on']:.2f}x")
 
 

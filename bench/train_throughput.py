@@ -56,8 +56,11 @@ def step_time(arch: str, lora: LoraParams | None, steps: int, batch_size: int, s
     for batch in batches[2:]:
         run.train_step(batch)
     seconds = (time.perf_counter() - start) / steps
-    return {"step_ms": round(1000 * seconds, 1), "trainable_params": run.trainable_params,
-            "total_params": run.total_params}
+    return {
+        "step_ms": round(1000 * seconds, 1),
+        "trainable_params": run.trainable_params,
+        "total_params": run.total_params,
+    }
 
 
 def main() -> None:

@@ -65,8 +65,14 @@ def _node_ports() -> list[str]:
     """Every node gets its own agent ports: two nodes on one machine (or another Ray already
     running here) would otherwise collide on Ray's fixed defaults."""
     return [
-        "--dashboard-agent-listen-port", str(_free_port()), "--dashboard-agent-grpc-port", str(_free_port()),
-        "--runtime-env-agent-port", str(_free_port()), "--metrics-export-port", str(_free_port()),
+        "--dashboard-agent-listen-port",
+        str(_free_port()),
+        "--dashboard-agent-grpc-port",
+        str(_free_port()),
+        "--runtime-env-agent-port",
+        str(_free_port()),
+        "--metrics-export-port",
+        str(_free_port()),
     ]
 
 
@@ -108,17 +114,39 @@ class LocalCluster:
         cpus = str(int(self.cpus_per_node)) if float(self.cpus_per_node).is_integer() else str(self.cpus_per_node)
         _run(
             [
-                "start", "--head", "--node-ip-address", "127.0.0.1", "--port", str(self.gcs_port),
-                "--num-cpus", cpus, "--include-dashboard", "true", "--dashboard-host", "127.0.0.1",
-                "--dashboard-port", str(self.dashboard_port), "--disable-usage-stats", *_node_ports(),
+                "start",
+                "--head",
+                "--node-ip-address",
+                "127.0.0.1",
+                "--port",
+                str(self.gcs_port),
+                "--num-cpus",
+                cpus,
+                "--include-dashboard",
+                "true",
+                "--dashboard-host",
+                "127.0.0.1",
+                "--dashboard-port",
+                str(self.dashboard_port),
+                "--disable-usage-stats",
+                *_node_ports(),
             ],
             timeout_s,
         )
         for _ in range(self.workers):
             _run(
                 [
-                    "start", "--address", self.address, "--node-ip-address", "127.0.0.1", "--num-cpus", cpus,
-                    "--resources", f'{{"{WORKER_RESOURCE}": 1}}', "--disable-usage-stats", *_node_ports(),
+                    "start",
+                    "--address",
+                    self.address,
+                    "--node-ip-address",
+                    "127.0.0.1",
+                    "--num-cpus",
+                    cpus,
+                    "--resources",
+                    f'{{"{WORKER_RESOURCE}": 1}}',
+                    "--disable-usage-stats",
+                    *_node_ports(),
                 ],
                 timeout_s,
             )

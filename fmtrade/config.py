@@ -203,9 +203,7 @@ def config_path(explicit: str | os.PathLike[str] | None = None) -> Path | None:
     return local if local.exists() else None
 
 
-def load_settings(
-    config: str | os.PathLike[str] | None = None, overrides: dict[str, Any] | None = None
-) -> Settings:
+def load_settings(config: str | os.PathLike[str] | None = None, overrides: dict[str, Any] | None = None) -> Settings:
     """Load and validate settings; raise ConfigError naming the bad field and why."""
     path = config_path(config)
     doc = _read_yaml(path) if path else {}

@@ -42,8 +42,12 @@ def s3_root(monkeypatch, port):
     server = ThreadedMotoServer(ip_address="127.0.0.1", port=port, verbose=False)
     server.start()
     endpoint = f"http://127.0.0.1:{port}"
-    for key, value in {"AWS_ACCESS_KEY_ID": "test", "AWS_SECRET_ACCESS_KEY": "test",
-                       "AWS_DEFAULT_REGION": "us-east-1", "AWS_ENDPOINT_URL": endpoint}.items():
+    for key, value in {
+        "AWS_ACCESS_KEY_ID": "test",
+        "AWS_SECRET_ACCESS_KEY": "test",
+        "AWS_DEFAULT_REGION": "us-east-1",
+        "AWS_ENDPOINT_URL": endpoint,
+    }.items():
         monkeypatch.setenv(key, value)
     s3fs.S3FileSystem.clear_instance_cache()
     boto3.client("s3", endpoint_url=endpoint).create_bucket(Bucket="fmtrade-test")
@@ -72,8 +76,9 @@ def market_store(tmp_path_factory: pytest.TempPathFactory):
         store.write_bars("linear", symbol, "60", bars)
         store.write_funding("linear", symbol, market.funding[symbol])
         index = bars.index[:450]
-        store.write_open_interest("linear", symbol, "1h", pd.DataFrame({"open_interest": np.linspace(1e6, 2e6, 450)},
-                                                                      index=index))
+        store.write_open_interest(
+            "linear", symbol, "1h", pd.DataFrame({"open_interest": np.linspace(1e6, 2e6, 450)}, index=index)
+        )
     return store
 
 

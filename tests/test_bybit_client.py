@@ -190,7 +190,9 @@ def test_rate_limiter_follows_settings() -> None:
     assert RateLimiter.from_settings(DataSettings(rate_limit_enabled=False)) is None
     limiter = RateLimiter.from_settings(DataSettings(rate_limit_per_s=7.0))
     assert limiter is not None and limiter.rate_per_s == 7.0
-    client = BybitClient.from_settings(DataSettings(rate_limit_per_s=7.0, max_attempts=2), base_url="http://127.0.0.1:9")
+    client = BybitClient.from_settings(
+        DataSettings(rate_limit_per_s=7.0, max_attempts=2), base_url="http://127.0.0.1:9"
+    )
     assert client.rate_limiter is not None and client.rate_limiter.rate_per_s == 7.0 and client.max_attempts == 2
     client.close()
     with pytest.raises(InputError, match="rate_per_s"):

@@ -46,8 +46,16 @@ def test_import_then_show_reports_gaps(capsys, tmp_path, monkeypatch):
     monkeypatch.setenv("FMTRADE_STORE", str(tmp_path / "envstore"))
     monkeypatch.setenv("FMTRADE_DATA__CATEGORY", "spot")  # spot dumps: every command's default --category
     index = pd.date_range("2024-01-01", periods=50, freq="h", tz="UTC")
-    frame = pd.DataFrame({"timestamp": index.astype("int64") // 10**6, "open": 10.0, "high": 11.0, "low": 9.0,
-                          "close": 10.5, "volume": 1.0}).drop([5, 6, 30])
+    frame = pd.DataFrame(
+        {
+            "timestamp": index.astype("int64") // 10**6,
+            "open": 10.0,
+            "high": 11.0,
+            "low": 9.0,
+            "close": 10.5,
+            "volume": 1.0,
+        }
+    ).drop([5, 6, 30])
     frame.to_csv(tmp_path / "bars.csv", index=False)
     doc = run_json(capsys, "data", "import", str(tmp_path / "bars.csv"), "--symbol", "ABCUSDT", "--interval", "60")
     assert (doc["rows"], doc["new_bars"], doc["category"]) == (47, 47, "spot")
@@ -65,8 +73,22 @@ def test_sync_from_replay_server(capsys, tmp_path):
     run_json(capsys, "data", "synth", "--symbols", "SYNAUSDT,SYNBUSDT", "--hours", "1200", "--store", source.root)
     last = source.read("SYNAUSDT", "60").index[-1]
     with ReplayServer(source, now=last + pd.Timedelta(hours=1)) as server:
-        args = ["data", "sync", "--symbols", "SYNAUSDT,SYNBUSDT", "--interval", "60", "--category", "linear",
-                "--start", "2022-01-01", "--base-url", server.url, "--store", str(tmp_path / "dest")]
+        args = [
+            "data",
+            "sync",
+            "--symbols",
+            "SYNAUSDT,SYNBUSDT",
+            "--interval",
+            "60",
+            "--category",
+            "linear",
+            "--start",
+            "2022-01-01",
+            "--base-url",
+            server.url,
+            "--store",
+            str(tmp_path / "dest"),
+        ]
         doc = run_json(capsys, *args)
         again = run_json(capsys, *args)
     assert doc["new_bars"] == 2400 and [s["rows"] for s in doc["symbols"]] == [1200, 1200]
@@ -110,8 +132,12 @@ def test_replay_command_serves_the_store(capsys, tmp_path, port):
     store = str(tmp_path / "store")
     run_json(capsys, "data", "synth", "--symbols", "SYNAUSDT", "--hours", "100", "--store", store)
     env = os.environ | {"PYTHONPATH": str(REPO)}
-    proc = subprocess.Popen([sys.executable, "-m", "fmtrade", "data", "replay", "--port", str(port), "--store", store],
-                            env=env, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "fmtrade", "data", "replay", "--port", str(port), "--store", store],
+        env=env,
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.PIPE,
+    )
     try:
         with BybitClient(f"http://127.0.0.1:{port}", rate_limiter=None, max_attempts=1) as client:
             deadline = time.monotonic() + 60
@@ -139,18 +165,33 @@ def test_shared_btcusdt_import_reports_its_five_real_gaps(capsys, tmp_path):
     steps = raw["timestamp"].diff()
     holes = raw.index[steps > pd.Timedelta(hours=1)]
     expected = [
-        {"start": (raw["timestamp"][i - 1] + pd.Timedelta(hours=1)).strftime("%Y-%m-%dT%H:%M:%SZ"),
-         "end": (raw["timestamp"][i] - pd.Timedelta(hours=1)).strftime("%Y-%m-%dT%H:%M:%SZ"),
-         "missing_bars": int(steps[i] / pd.Timedelta(hours=1)) - 1}
+        {
+            "start": (raw["timestamp"][i - 1] + pd.Timedelta(hours=1)).strftime("%Y-%m-%dT%H:%M:%SZ"),
+            "end": (raw["timestamp"][i] - pd.Timedelta(hours=1)).strftime("%Y-%m-%dT%H:%M:%SZ"),
+            "missing_bars": int(steps[i] / pd.Timedelta(hours=1)) - 1,
+        }
         for i in holes
     ]
     assert len(expected) == 5
     store = str(tmp_path / "store")
-    imported = run_json(capsys, "data", "import", str(path), "--symbol", "BTCUSDT", "--interval", "60",
-                        "--category", "spot", "--store", store)
+    imported = run_json(
+        capsys,
+        "data",
+        "import",
+        str(path),
+        "--symbol",
+        "BTCUSDT",
+        "--interval",
+        "60",
+        "--category",
+        "spot",
+        "--store",
+        store,
+    )
     assert imported["rows"] == len(raw)
-    show = run_json(capsys, "data", "show", "--symbol", "BTCUSDT", "--interval", "60", "--category", "spot",
-                    "--store", store)
+    show = run_json(
+        capsys, "data", "show", "--symbol", "BTCUSDT", "--interval", "60", "--category", "spot", "--store", store
+    )
     assert show["gaps"] == expected
     assert show["rows"] == len(raw) and show["first"] == "2021-04-04T20:00:00Z"
 

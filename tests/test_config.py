@@ -80,4 +80,3 @@ def test_api_token_from_env_is_secret(monkeypatch: pytest.MonkeyPatch) -> None:
     assert settings.serve.api_token is not None
     assert settings.serve.api_token.get_secret_value() == "s3cret"
     assert "s3cret" not in repr(settings)
-

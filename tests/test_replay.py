@@ -50,12 +50,14 @@ def test_kline_rows_are_strings_newest_first_with_default_limit(server: ReplaySe
 
 def test_kline_start_and_end_select_the_page(server: ReplayServer) -> None:
     start, end = T0 + pd.Timedelta(hours=10), T0 + pd.Timedelta(hours=2000)
-    from_start = get(server, "kline", category="linear", symbol=SYMBOL, interval="60", start=ms(start), end=ms(end),
-                     limit=1000)["result"]["list"]
+    from_start = get(
+        server, "kline", category="linear", symbol=SYMBOL, interval="60", start=ms(start), end=ms(end), limit=1000
+    )["result"]["list"]
     assert len(from_start) == 1000
     assert int(from_start[-1][0]) == ms(start) and int(from_start[0][0]) == ms(start + pd.Timedelta(hours=999))
-    up_to_end = get(server, "kline", category="linear", symbol=SYMBOL, interval="60", end=ms(end),
-                    limit=5)["result"]["list"]
+    up_to_end = get(server, "kline", category="linear", symbol=SYMBOL, interval="60", end=ms(end), limit=5)["result"][
+        "list"
+    ]
     assert [int(r[0]) for r in up_to_end] == [ms(end - pd.Timedelta(hours=h)) for h in range(5)]
 
 

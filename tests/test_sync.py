@@ -45,8 +45,9 @@ def market(tmp_path):
     source = fill_source(tmp_path / "source", 2500)
     last = source.read(SYMBOLS[0], "60").index[-1]
     hours = source.read(SYMBOLS[0], "60").index
-    source.write_open_interest("linear", SYMBOLS[0], "1h",
-                               pd.DataFrame({"open_interest": np.arange(len(hours)) + 1e4}, index=hours))
+    source.write_open_interest(
+        "linear", SYMBOLS[0], "1h", pd.DataFrame({"open_interest": np.arange(len(hours)) + 1e4}, index=hours)
+    )
     with ReplayServer(source, now=last + HOUR) as server, client_for(server) as client:
         yield source, server, client
 
@@ -59,8 +60,9 @@ def test_full_sync_copies_source_exactly(tmp_path, market):
     source, server, client = market
     dest = Store(str(tmp_path / "dest"))
     seen: list[tuple[str, int, int]] = []
-    report = dest.sync(client, "linear", SYMBOLS, "60", "2023-11-01", open_interest="1h",
-                       progress=lambda *a: seen.append(a))
+    report = dest.sync(
+        client, "linear", SYMBOLS, "60", "2023-11-01", open_interest="1h", progress=lambda *a: seen.append(a)
+    )
     oi = dest.read_open_interest(SYMBOLS[0], "1h")
     pd.testing.assert_frame_equal(oi, source.read_open_interest(SYMBOLS[0], "1h"))
     assert report.symbols[0].new_open_interest == 2500 and report.symbols[1].new_open_interest == 0
@@ -149,7 +151,9 @@ def test_injected_faults_still_give_an_identical_store(tmp_path, market):
     source, server, client = market
     server.faults = Faults(
         schedule=["ok", "rate_limit", "http_500", "ok", "truncate", "delay", "ok", "corrupt", "http_429"],
-        rate_limit_every_n=5, http_500_every_n=7, delay_s=0.6,
+        rate_limit_every_n=5,
+        http_500_every_n=7,
+        delay_s=0.6,
     )
     with client_for(server, timeout_s=0.3, max_attempts=8) as faulty:
         dest = Store(str(tmp_path / "dest"))
@@ -185,8 +189,12 @@ KILLABLE_SYNC = textwrap.dedent("""
 
 def _start_sync(url: str, dest: Path, start: str) -> subprocess.Popen:
     env = os.environ | {"PYTHONPATH": str(REPO)}
-    return subprocess.Popen([sys.executable, "-c", KILLABLE_SYNC, url, str(dest), start], env=env,
-                            stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
+    return subprocess.Popen(
+        [sys.executable, "-c", KILLABLE_SYNC, url, str(dest), start],
+        env=env,
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.PIPE,
+    )
 
 
 def _assert_prefix(dest: Store, expected: pd.DataFrame) -> int:

@@ -51,8 +51,9 @@ def down(port: int = typer.Option(6390, "--port", help="GCS port of the cluster'
 def submit(
     ctx: typer.Context,
     address: str = typer.Option(
-        None, "--address", help="The cluster's job server URL, not its Ray address (default: "
-        "http://127.0.0.1:<cluster.dashboard_port>)."
+        None,
+        "--address",
+        help="The cluster's job server URL, not its Ray address (default: http://127.0.0.1:<cluster.dashboard_port>).",
     ),
     working_dir: str = typer.Option(".", "--working-dir", help="Directory uploaded as the job's code."),
     env: list[str] = typer.Option([], "--env", help="KEY=VALUE for the job's environment (repeatable)."),

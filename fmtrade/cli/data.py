@@ -77,15 +77,25 @@ def sync(
     st = open_store(store)
     with BybitClient.from_settings(cfg.data, base_url) as client, progress_bar() as progress:
         report = st.sync(
-            client, category, names, interval, lo, hi, funding=not no_funding, open_interest=open_interest,
+            client,
+            category,
+            names,
+            interval,
+            lo,
+            hi,
+            funding=not no_funding,
+            open_interest=open_interest,
             progress=progress,
         )
     if as_json:
         emit_json(report.to_dict())
         return
     rows = [s.to_dict() | {"bars/s": round(s.fetched_bars / s.seconds) if s.seconds else 0} for s in report.symbols]
-    print_table(rows, ["symbol", "new_bars", "new_funding", "rows", "last", "gaps", "bars/s"],
-                title=f"sync {category} {interval} into {st.root}")
+    print_table(
+        rows,
+        ["symbol", "new_bars", "new_funding", "rows", "last", "gaps", "bars/s"],
+        title=f"sync {category} {interval} into {st.root}",
+    )
 
 
 @app.command("import")
@@ -105,8 +115,9 @@ def import_(
     if as_json:
         emit_json(result.to_dict())
     else:
-        print_table([{"field": k, "value": v} for k, v in result.to_dict().items()], ["field", "value"],
-                    title="imported")
+        print_table(
+            [{"field": k, "value": v} for k, v in result.to_dict().items()], ["field", "value"], title="imported"
+        )
 
 
 @app.command()
@@ -124,8 +135,9 @@ def sample(
     if as_json:
         emit_json(rows)
     else:
-        print_table(rows, ["symbol", "category", "interval", "rows", "new_bars", "first", "last"],
-                    title="sample imported")
+        print_table(
+            rows, ["symbol", "category", "interval", "rows", "new_bars", "first", "last"], title="sample imported"
+        )
 
 
 @app.command()
@@ -178,13 +190,26 @@ def synth(
         bars = synthetic.bars[name]
         new = st.write_bars(category, name, "60", bars)
         funding = st.write_funding(category, name, synthetic.funding[name]) if category != "spot" else 0
-        rows.append({"symbol": name, "category": category, "interval": "60", "rows": len(bars), "new_bars": new,
-                     "funding_rows": funding, "first": iso(bars.index[0]), "last": iso(bars.index[-1])})
+        rows.append(
+            {
+                "symbol": name,
+                "category": category,
+                "interval": "60",
+                "rows": len(bars),
+                "new_bars": new,
+                "funding_rows": funding,
+                "first": iso(bars.index[0]),
+                "last": iso(bars.index[-1]),
+            }
+        )
     if as_json:
         emit_json({"store": st.root, "seed": seed, "series": rows})
     else:
-        print_table(rows, ["symbol", "category", "rows", "new_bars", "funding_rows", "first", "last"],
-                    title=f"synthetic market (seed {seed}) in {st.root}")
+        print_table(
+            rows,
+            ["symbol", "category", "rows", "new_bars", "funding_rows", "first", "last"],
+            title=f"synthetic market (seed {seed}) in {st.root}",
+        )
 
 
 @app.command()

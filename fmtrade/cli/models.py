@@ -28,7 +28,9 @@ def build_command(
     force: bool = typer.Option(False, "--force", help="Rebuild checkpoints that already exist."),
     seed: int = typer.Option(0, "--seed", help="Seed of the initial weights."),
     pretrain_minutes: float = typer.Option(
-        2.0, "--pretrain-minutes", min=0.0,
+        2.0,
+        "--pretrain-minutes",
+        min=0.0,
         help="Pretrain each new model this long on synthetic + KernelSynth series (0: seeded random weights).",
     ),
     json_out: bool = JSON_OPTION,
@@ -39,7 +41,10 @@ def build_command(
 
     with Console(stderr=True).status("building the model zoo"):
         rows = build_zoo(
-            settings(), only=split_csv(only, "--only") or None, seed=seed, force=force,
+            settings(),
+            only=split_csv(only, "--only") or None,
+            seed=seed,
+            force=force,
             post_build=zoo_pretrainer(pretrain_minutes, seed),
         )
     if json_out:

@@ -8,6 +8,7 @@ from fmtrade.cli.common import ADDRESS_OPTION, JSON_OPTION, CliState, emit_json,
 
 app = typer.Typer(help="Run the Ray Serve forecast service (HTTP API).", no_args_is_help=True)
 
+
 @app.command("up")
 def up(
     config: str = typer.Option(None, "--config", help="Serve config file (default: serve.config, serve/config.yaml)."),
@@ -65,8 +66,10 @@ def status(address: str = ADDRESS_OPTION, json_out: bool = JSON_OPTION) -> None:
 def down(
     address: str = ADDRESS_OPTION,
     config: str = typer.Option(
-        None, "--config", help="On a cluster: the Serve config file whose applications to delete (default: "
-        "those `up` deployed from here, else serve.config, serve/config.yaml)."
+        None,
+        "--config",
+        help="On a cluster: the Serve config file whose applications to delete (default: "
+        "those `up` deployed from here, else serve.config, serve/config.yaml).",
     ),
     json_out: bool = JSON_OPTION,
 ) -> None:

@@ -63,8 +63,20 @@ def pretrain(
     if json_out:
         emit_json(result)
         return
-    print_table([result], ["checkpoint", "steps", "train_loss_first", "train_loss_last", "val_loss_first",
-                           "val_loss_last", "samples_per_s", "seconds"], title=f"pretrain {arch}-{size}")
+    print_table(
+        [result],
+        [
+            "checkpoint",
+            "steps",
+            "train_loss_first",
+            "train_loss_last",
+            "val_loss_first",
+            "val_loss_last",
+            "samples_per_s",
+            "seconds",
+        ],
+        title=f"pretrain {arch}-{size}",
+    )
 
 
 def finetune(
@@ -124,11 +136,17 @@ def finetune(
     if json_out:
         emit_json(result)
         return
-    print_table(result["table"], ["symbol", "setting", "windows", "mape", "wql", "coverage_80", "directional_accuracy"],
-                title=f"{base}: zero-shot vs fine-tuned (test from {result['val_start']})")
+    print_table(
+        result["table"],
+        ["symbol", "setting", "windows", "mape", "wql", "coverage_80", "directional_accuracy"],
+        title=f"{base}: zero-shot vs fine-tuned (test from {result['val_start']})",
+    )
     typer.echo(f"trainable {result['trainable_params']} of {result['total_params']} parameters; adapters:", err=True)
     for name, path in result["adapters"].items():
         typer.echo(f"  {name}: {path}", err=True)
     for name, swept in result.get("tune", {}).get("adapters", {}).items():
-        print_table(swept["trials"], ["lr", "rank", "alpha", "best_val_wql", "step", "error"],
-                    title=f"{name}: tuning trials (best: lr {swept['best']['lr']:g}, rank {swept['best']['rank']})")
+        print_table(
+            swept["trials"],
+            ["lr", "rank", "alpha", "best_val_wql", "step", "error"],
+            title=f"{name}: tuning trials (best: lr {swept['best']['lr']:g}, rank {swept['best']['rank']})",
+        )

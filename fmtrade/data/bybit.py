@@ -141,9 +141,7 @@ def _result_list(result: dict[str, Any], key: str = "list") -> list[Any]:
     return rows
 
 
-def _records_frame(
-    rows: list[Any], time_key: str, fields: dict[str, str], lo_ms: int, hi_ms: int
-) -> pd.DataFrame:
+def _records_frame(rows: list[Any], time_key: str, fields: dict[str, str], lo_ms: int, hi_ms: int) -> pd.DataFrame:
     """Objects with a ms timestamp field and numeric string fields -> ascending frame; any bad row is malformed."""
     stamps: list[int] = []
     values: dict[str, list[float]] = {col: [] for col in fields.values()}

@@ -416,8 +416,11 @@ class _Replay:
             if category != "spot":
                 stamps, rates = self.funding(category, sym)
                 settled = int(np.searchsorted(stamps, now, side="right"))
-                row |= {"markPrice": row["lastPrice"], "indexPrice": row["lastPrice"],
-                        "fundingRate": _fmt(rates[settled - 1]) if settled else ""}
+                row |= {
+                    "markPrice": row["lastPrice"],
+                    "indexPrice": row["lastPrice"],
+                    "fundingRate": _fmt(rates[settled - 1]) if settled else "",
+                }
             rows.append(row)
         return {"category": category, "list": rows}
 
@@ -454,13 +457,24 @@ class _Replay:
             "priceFilter": {"minPrice": tick_s, "maxPrice": _fmt(tick * 10**9), "tickSize": tick_s},
         }  # fmt: skip
         if category == "spot":
-            row["lotSizeFilter"] = {"basePrecision": step_s, "quotePrecision": tick_s, "minOrderQty": step_s,
-                                    "maxOrderQty": max_qty, "minOrderAmt": "5"}
+            row["lotSizeFilter"] = {
+                "basePrecision": step_s,
+                "quotePrecision": tick_s,
+                "minOrderQty": step_s,
+                "maxOrderQty": max_qty,
+                "minOrderAmt": "5",
+            }
         else:
-            row |= {"contractType": "LinearPerpetual" if category == "linear" else "InversePerpetual",
-                    "fundingInterval": 480}
-            row["lotSizeFilter"] = {"qtyStep": step_s, "minOrderQty": step_s, "maxOrderQty": max_qty,
-                                    "minNotionalValue": "5"}
+            row |= {
+                "contractType": "LinearPerpetual" if category == "linear" else "InversePerpetual",
+                "fundingInterval": 480,
+            }
+            row["lotSizeFilter"] = {
+                "qtyStep": step_s,
+                "minOrderQty": step_s,
+                "maxOrderQty": max_qty,
+                "minNotionalValue": "5",
+            }
         return row
 
     # Dispatch ----------------------------------------------------------------------------
@@ -522,8 +536,10 @@ def create_app(replay: _Replay) -> FastAPI:
             await asyncio.sleep(replay.faults.delay_s)
         if fault == "rate_limit":
             record.ret_code = 10006
-            headers |= {"X-Bapi-Limit-Status": "0",
-                        "X-Bapi-Limit-Reset-Timestamp": str(wall_ms + replay.faults.reset_ms)}
+            headers |= {
+                "X-Bapi-Limit-Status": "0",
+                "X-Bapi-Limit-Reset-Timestamp": str(wall_ms + replay.faults.reset_ms),
+            }
             payload = replay.envelope(10006, "Too many visits!", {})
         else:
             try:

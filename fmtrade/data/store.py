@@ -68,12 +68,12 @@ class KlineSource(Protocol):
     """What :meth:`Store.sync` needs from a market data client (``BybitClient`` satisfies it)."""
 
     def server_time(self) -> pd.Timestamp: ...
-    def iter_klines(self, category: str, symbol: str, interval: str, start: Any,
-                    end: Any) -> Iterable[pd.DataFrame]: ...
+    def iter_klines(
+        self, category: str, symbol: str, interval: str, start: Any, end: Any
+    ) -> Iterable[pd.DataFrame]: ...
     def klines(self, category: str, symbol: str, interval: str, start: Any, end: Any) -> pd.DataFrame: ...
     def funding_history(self, category: str, symbol: str, start: Any, end: Any) -> pd.DataFrame: ...
-    def open_interest(self, category: str, symbol: str, interval_time: str, start: Any,
-                      end: Any) -> pd.DataFrame: ...
+    def open_interest(self, category: str, symbol: str, interval_time: str, start: Any, end: Any) -> pd.DataFrame: ...
 
 
 Progress = Callable[[str, int, int], None]
@@ -256,8 +256,9 @@ class Store:
         frame = pd.concat(parts).loc[:, list(columns)]
         return frame.loc[lo:hi] if lo is not None or hi is not None else frame
 
-    def _write(self, directory: str, df: pd.DataFrame, columns: tuple[str, ...], monthly: bool,
-               newest_first: bool = False) -> int:
+    def _write(
+        self, directory: str, df: pd.DataFrame, columns: tuple[str, ...], monthly: bool, newest_first: bool = False
+    ) -> int:
         """Merge ``df`` into the period files (new rows win on equal timestamps); return rows added."""
         df = _conform(df, columns, "data")
         if df.empty:
@@ -287,8 +288,9 @@ class Store:
         return first[0], last[-1]
 
     # Bars -------------------------------------------------------------------------------
-    def read(self, symbol: str, interval: str, start: TimeLike = None, end: TimeLike = None,
-             category: str = "linear") -> pd.DataFrame:
+    def read(
+        self, symbol: str, interval: str, start: TimeLike = None, end: TimeLike = None, category: str = "linear"
+    ) -> pd.DataFrame:
         """Bars with open time in [start, end] (both inclusive), indexed by UTC open time; empty if none."""
         return self._read(self._bars_dir(category, symbol, interval), BAR_COLUMNS, start, end)
 
@@ -312,8 +314,9 @@ class Store:
         files = (e for e in entries if e["name"].endswith(".parquet"))
         return tuple(sorted(tuple(str(e.get(key)) for key in _VERSION_KEYS) for e in files))
 
-    def gaps(self, symbol: str, interval: str, category: str = "linear", start: TimeLike = None,
-             end: TimeLike = None) -> list[Gap]:
+    def gaps(
+        self, symbol: str, interval: str, category: str = "linear", start: TimeLike = None, end: TimeLike = None
+    ) -> list[Gap]:
         """Runs of missing bars between ``start`` (default: first stored bar) and ``end`` (default: last).
 
         Only reports; the store never fills a gap with invented bars.
@@ -344,24 +347,36 @@ class Store:
         return sorted(keys)
 
     # Funding and open interest ----------------------------------------------------------
-    def read_funding(self, symbol: str, category: str = "linear", start: TimeLike = None,
-                     end: TimeLike = None) -> pd.DataFrame:
+    def read_funding(
+        self, symbol: str, category: str = "linear", start: TimeLike = None, end: TimeLike = None
+    ) -> pd.DataFrame:
         return self._read(self._funding_dir(category, symbol), FUNDING_COLUMNS, start, end)
 
     def write_funding(self, category: str, symbol: str, df: pd.DataFrame) -> int:
         return self._write(self._funding_dir(category, symbol), df, FUNDING_COLUMNS, monthly=False)
 
-    def read_open_interest(self, symbol: str, interval_time: str, category: str = "linear",
-                           start: TimeLike = None, end: TimeLike = None) -> pd.DataFrame:
+    def read_open_interest(
+        self, symbol: str, interval_time: str, category: str = "linear", start: TimeLike = None, end: TimeLike = None
+    ) -> pd.DataFrame:
         return self._read(self._oi_dir(category, symbol, interval_time), OI_COLUMNS, start, end)
 
     def write_open_interest(self, category: str, symbol: str, interval_time: str, df: pd.DataFrame) -> int:
         return self._write(self._oi_dir(category, symbol, interval_time), df, OI_COLUMNS, monthly=False)
 
     # Sync -------------------------------------------------------------------------------
-    def sync(self, client: KlineSource, category: str, symbols: Iterable[str], interval: str, start: TimeLike,
-             end: TimeLike = None, *, funding: bool = True, open_interest: str | None = None,
-             progress: Progress | None = None) -> SyncReport:
+    def sync(
+        self,
+        client: KlineSource,
+        category: str,
+        symbols: Iterable[str],
+        interval: str,
+        start: TimeLike,
+        end: TimeLike = None,
+        *,
+        funding: bool = True,
+        open_interest: str | None = None,
+        progress: Progress | None = None,
+    ) -> SyncReport:
         """Fetch only the bars missing at either end of each stored series, committing page by page.
 
         The bar still open at the exchange's clock (``client.server_time()``) is never stored.
@@ -386,17 +401,33 @@ class Store:
                 until = hi + interval_offset(interval)
                 if funding:
                     result.new_funding = self._sync_records(
-                        self._funding_dir(category, symbol), FUNDING_COLUMNS, lo, until,
-                        functools.partial(client.funding_history, category, symbol))
+                        self._funding_dir(category, symbol),
+                        FUNDING_COLUMNS,
+                        lo,
+                        until,
+                        functools.partial(client.funding_history, category, symbol),
+                    )
                 if open_interest is not None:
                     result.new_open_interest = self._sync_records(
-                        self._oi_dir(category, symbol, open_interest), OI_COLUMNS, lo, until,
-                        functools.partial(client.open_interest, category, symbol, open_interest))
+                        self._oi_dir(category, symbol, open_interest),
+                        OI_COLUMNS,
+                        lo,
+                        until,
+                        functools.partial(client.open_interest, category, symbol, open_interest),
+                    )
             report.symbols.append(result)
         return report
 
-    def _sync_symbol(self, client: KlineSource, category: str, symbol: str, interval: str, lo: pd.Timestamp,
-                     hi: pd.Timestamp, progress: Progress | None) -> SymbolSync:
+    def _sync_symbol(
+        self,
+        client: KlineSource,
+        category: str,
+        symbol: str,
+        interval: str,
+        lo: pd.Timestamp,
+        hi: pd.Timestamp,
+        progress: Progress | None,
+    ) -> SymbolSync:
         began = time.perf_counter()
         result = SymbolSync(symbol)
         directory = self._bars_dir(category, symbol, interval)
@@ -406,7 +437,8 @@ class Store:
         forward_from = lo if bounds is None else max(lo, bounds[1] + step)
         backfill_to = None if bounds is None or lo >= bounds[0] else bounds[0] - step
         expected = (len(bar_grid(forward_from, hi, interval)) if forward_from <= hi else 0) + (
-            len(bar_grid(lo, backfill_to, interval)) if backfill_to is not None else 0)
+            len(bar_grid(lo, backfill_to, interval)) if backfill_to is not None else 0
+        )
 
         def commit(page: pd.DataFrame, upper: pd.Timestamp, newest_first: bool) -> None:
             page = page.loc[(page.index >= lo) & (page.index <= upper)]
@@ -436,12 +468,19 @@ class Store:
             result.first, result.last = index[0], index[-1]
             result.gaps = len(self.gaps(symbol, interval, category))
         result.seconds = time.perf_counter() - began
-        log.info("synced %s/%s/%s: %d bars fetched, %d new", category, symbol, interval, result.fetched_bars,
-                 result.new_bars)
+        log.info(
+            "synced %s/%s/%s: %d bars fetched, %d new", category, symbol, interval, result.fetched_bars, result.new_bars
+        )
         return result
 
-    def _sync_records(self, directory: str, columns: tuple[str, ...], lo: pd.Timestamp, hi: pd.Timestamp,
-                      fetch: Callable[[pd.Timestamp, pd.Timestamp], pd.DataFrame]) -> int:
+    def _sync_records(
+        self,
+        directory: str,
+        columns: tuple[str, ...],
+        lo: pd.Timestamp,
+        hi: pd.Timestamp,
+        fetch: Callable[[pd.Timestamp, pd.Timestamp], pd.DataFrame],
+    ) -> int:
         """Timestamped records (funding, open interest) in [lo, hi), fetched only beyond what is stored."""
         bounds = self._bounds(directory)
         one_ms = pd.Timedelta(milliseconds=1)
@@ -451,8 +490,9 @@ class Store:
         added = 0
         for range_lo, range_hi in ranges:
             if range_lo <= range_hi:
-                added += self._write(directory, fetch(range_lo, range_hi).loc[range_lo:range_hi], columns,
-                                     monthly=False)
+                added += self._write(
+                    directory, fetch(range_lo, range_hi).loc[range_lo:range_hi], columns, monthly=False
+                )
         return added
 
     def _remove_orphans(self, directory: str) -> None:

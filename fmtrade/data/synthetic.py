@@ -114,8 +114,14 @@ def synthesize(symbols: list[str], spec: SyntheticSpec | None = None) -> Synthet
     bars = {}
     for i, symbol in enumerate(symbols):
         bars[symbol] = pd.DataFrame(
-            {"open": open_[:, i], "high": high[:, i], "low": low[:, i], "close": close[:, i],
-             "volume": volume[:, i], "turnover": turnover[:, i]},
+            {
+                "open": open_[:, i],
+                "high": high[:, i],
+                "low": low[:, i],
+                "close": close[:, i],
+                "volume": volume[:, i],
+                "turnover": turnover[:, i],
+            },
             index=index,
         )
     funding = _funding(rng, index, np.vstack([np.log(start_prices), log_close]), symbols, spec)
@@ -166,8 +172,9 @@ def _garch_returns(shocks: np.ndarray, regimes: np.ndarray, vol: np.ndarray, spe
     return drift[:, None] + (scale * np.sqrt(variance))[:, None] * shocks * vol
 
 
-def _funding(rng: np.random.Generator, index: pd.DatetimeIndex, log_price: np.ndarray, symbols: list[str],
-             spec: SyntheticSpec) -> dict[str, pd.DataFrame]:
+def _funding(
+    rng: np.random.Generator, index: pd.DatetimeIndex, log_price: np.ndarray, symbols: list[str], spec: SyntheticSpec
+) -> dict[str, pd.DataFrame]:
     """8-hourly funding settlements inside the bar range, driven by the trailing 8-hour return.
 
     ``log_price[k]`` is the log price at the open of bar k (row 0 the start price).
