@@ -53,9 +53,17 @@ def wheel(tmp_path_factory: pytest.TempPathFactory) -> Path:
 def test_wheel_holds_one_top_level_package_and_its_data_files(wheel: Path) -> None:
     names = zipfile.ZipFile(wheel).namelist()
     assert {n.split("/")[0] for n in names} == {"fmtrade", "fmtrade-0.1.0.dist-info"}
-    for needed in ("fmtrade/serve/config.yaml", "fmtrade/models/models.yaml", "fmtrade/serve/app.py",
-                   "fmtrade/train/lora.py", "fmtrade/jobs/backtest.py", "fmtrade/cluster/local.py"):  # fmt: skip
-        assert needed in names, needed
+    needed = [
+        "fmtrade/serve/config.yaml",
+        "fmtrade/models/models.yaml",
+        "fmtrade/serve/app.py",
+        "fmtrade/train/lora.py",
+        "fmtrade/jobs/backtest.py",
+        "fmtrade/cluster/local.py",
+        "fmtrade/data/binance_spot_1h/SHA256SUMS",
+        "fmtrade/data/binance_spot_1h/XRPUSDT.parquet",
+    ]
+    assert not set(needed) - set(names)
 
 
 @pytest.mark.slow
@@ -87,7 +95,18 @@ def test_installed_wheel_runs_the_demo_and_serves_from_an_empty_directory(wheel:
     assert location.startswith(site) and stray == "[]"
 
     assert run("--help").returncode == 0
-    demo = run("demo", "--no-serve", "--pretrain-minutes", "0", "--hours", "1500", "--backtest-days", "3", "--json")
+    demo = run(
+        "demo",
+        "--synthetic",
+        "--no-serve",
+        "--pretrain-minutes",
+        "0",
+        "--hours",
+        "1500",
+        "--backtest-days",
+        "3",
+        "--json",
+    )
     assert demo.returncode == 0, demo.stderr[-3000:]
     assert "Traceback" not in demo.stderr
     assert json.loads(demo.stdout)["data"]["ok"] is True

@@ -1,15 +1,16 @@
 """``fmtrade demo``: the main job end to end, offline, on an embedded local Ray.
 
-1. data: synthesise a market, serve it through the Bybit-compatible replay server, sync it
-   back through the real Bybit client into a store, check the copy (:mod:`fmtrade.demo`);
+1. data: import the real-market sample shipped in the package (``--synthetic``: synthesise a
+   market instead), serve it through the Bybit-compatible replay server, sync it back through
+   the real Bybit client into a store, check the copy (:mod:`fmtrade.demo`);
 2. models: build the local zoo if missing, pretrained for ``--pretrain-minutes`` per model;
-3. backtest: the Ray walk-forward job across the symbols with every zoo model, the
-   baselines, the ensemble, the random walk and buy-and-hold; prints the table and writes
-   the HTML report;
+3. backtest: the Ray walk-forward job over the last ``--backtest-days`` of the data across the
+   symbols with every zoo model, the baselines, the ensemble, the random walk and buy-and-hold;
+   prints the table and writes the HTML report;
 4. serve: start the Ray Serve application over the synced store, query it over HTTP for
    each symbol and print the ensemble forecast with its 80% interval.
 
-The CLI is the top layer, so it may call the Ray layers (``jobs``, ``serve``) lazily.
+The CLI is the top layer, so it may call the Ray layers (``fmtrade.jobs``, ``fmtrade.serve``) lazily.
 """
 
 from __future__ import annotations
@@ -25,38 +26,43 @@ from fmtrade.cli.data import progress_bar
 
 
 def demo(
-    symbols: str = typer.Option(None, "--symbols", help="Comma-separated synthetic symbols (default 3)."),
-    hours: int = typer.Option(4000, "--hours", min=600, help="Hourly bars per symbol."),
+    symbols: str = typer.Option(
+        None, "--symbols", help="Comma-separated symbols (default: the sample's five; --synthetic: three)."
+    ),
+    synthetic: bool = typer.Option(False, "--synthetic", help="A seeded synthetic market instead of the real sample."),
+    hours: int = typer.Option(4000, "--hours", min=600, help="Hourly bars per synthetic symbol."),
     seed: int = typer.Option(0, "--seed"),
     pretrain_minutes: float = typer.Option(
         1.0, "--pretrain-minutes", min=0.0, help="Pretraining per zoo model when the zoo is built (0: none)."
     ),
-    backtest_days: int = typer.Option(30, "--backtest-days", min=2, help="Days simulated at the end of the data."),
+    backtest_days: int = typer.Option(90, "--backtest-days", min=2, help="Days simulated at the end of the data."),
     serve_step: bool = typer.Option(True, "--serve/--no-serve", help="Run the Ray Serve step."),
     workdir: str = typer.Option(None, "--workdir", help="Keep the stores here (default: a temporary directory)."),
     out: str = typer.Option(None, "--out", help="Backtest run directory (default: <runs dir>/demo)."),
     as_json: bool = JSON_OPTION,
 ) -> None:
-    """Synthetic market -> replay server -> Bybit client -> store -> zoo -> Ray backtest -> Ray Serve."""
+    """Real (or synthetic) market -> replay server -> Bybit client -> store -> zoo -> Ray backtest -> Ray Serve."""
     import ray
 
     from fmtrade.backtest.results import SUMMARY_COLUMNS
-    from fmtrade.demo import CATEGORY, DEMO_SYMBOLS, INTERVAL, run_demo
+    from fmtrade.demo import INTERVAL, DemoMarket, run_demo
     from fmtrade.jobs.backtest import prepare, run_and_write
     from fmtrade.jobs.ray_runtime import start_local_ray
     from fmtrade.models.zoo import build_zoo
     from fmtrade.training import zoo_pretrainer
 
     cfg = settings()
-    names = tuple(split_csv(symbols, "--symbols")) or DEMO_SYMBOLS
+    market = DemoMarket(synthetic, tuple(split_csv(symbols, "--symbols")), hours, seed)
+    names, category = market.chosen(), market.category
     report: dict = {}
     with tempfile.TemporaryDirectory(prefix="fmtrade-demo-") as scratch:
         with progress_bar(not as_json) as progress:
-            data = run_demo(cfg, Path(workdir or scratch), symbols=names, hours=hours, seed=seed, progress=progress)
+            data = run_demo(cfg, Path(workdir or scratch), market, progress=progress)
         report["data"] = data.to_dict()
         _show(as_json, [s.to_dict() | {"bars/s": round(s.bars_per_s)} for s in data.series],
               ["symbol", "rows", "first", "last", "gaps", "bars/s", "identical"],
-              f"1. data: synthetic market replayed via {data.replay_url} and synced back")  # fmt: skip
+              f"1. data: {'synthetic' if synthetic else 'real'} market replayed via {data.replay_url} and synced back",
+              )  # fmt: skip
 
         log.info("2. models: building missing zoo checkpoints (pretraining %.1f min each)", pretrain_minutes)
         report["zoo"] = build_zoo(cfg, seed=seed, post_build=zoo_pretrainer(pretrain_minutes, seed))
@@ -66,7 +72,7 @@ def demo(
         end = min(pd.Timestamp(s.last) for s in data.series)  # exclusive: the last stored bar ends the run
         start = end.floor("D") - pd.Timedelta(days=backtest_days)
         job = prepare(
-            cfg, list(names), None, data.synced_store, category=CATEGORY, interval=INTERVAL, seed=seed,
+            cfg, list(names), None, data.synced_store, category=category, interval=INTERVAL, seed=seed,
             start=start.strftime("%Y-%m-%dT%H:%M"), end=end.strftime("%Y-%m-%dT%H:%M"),
         )  # fmt: skip
         run, path = run_and_write(job, out or cfg.runs_dir() / "demo")
@@ -78,7 +84,7 @@ def demo(
         if serve_step:
             from fmtrade.serve.demo import forecast_via_service, interval_rows
 
-            docs = forecast_via_service(cfg, names, data.synced_store, horizon=24, category=CATEGORY, interval=INTERVAL)
+            docs = forecast_via_service(cfg, names, data.synced_store, horizon=24, category=category, interval=INTERVAL)
             report["forecasts"] = interval_rows(docs)
             _show(as_json, report["forecasts"], list(report["forecasts"][0]),
                   "4. served ensemble forecast, 24 h ahead: median and 80% interval")  # fmt: skip
