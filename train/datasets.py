@@ -42,6 +42,7 @@ class WindowSpec:
     category: str = "linear"
     val_start: pd.Timestamp | None = None
     max_train_bars: int | None = None
+    until: pd.Timestamp | None = None  # stored bars strictly before it (pretraining cutoff)
 
 
 def _expand(row: dict[str, Any], spec: WindowSpec) -> list[dict[str, Any]]:
@@ -53,6 +54,10 @@ def _expand(row: dict[str, Any], spec: WindowSpec) -> list[dict[str, Any]]:
     closes = None
     if source["kind"] == "store":
         closes = load_closes(Store(spec.store_root or "."), source["symbol"], spec.interval, spec.category)
+        if spec.until is not None:
+            closes = closes[closes.index < spec.until]
+            if closes.empty:
+                raise InputError("until", f"store:{source['symbol']} has no bars before {spec.until}")
     geo = spec.geometry
     stride = spec.stride or max(geo.horizon // 2, 1)
     rows: list[dict[str, Any]] = []
