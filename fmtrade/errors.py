@@ -17,7 +17,8 @@ class FmtradeError(Exception):
         # arguments than its message (InputError(field, reason), BybitError(ret_code, ...)). Rebuild
         # without the constructor instead: the same args (so the same message) and the attributes
         # the constructor set, for this class and every subclass.
-        return copyreg.__newobj__, (type(self), *self.args), self.__dict__ or None
+        newobj = copyreg.__newobj__  # type: ignore[attr-defined]  # typeshed's copyreg stub omits __newobj__
+        return newobj, (type(self), *self.args), self.__dict__ or None
 
 
 class InputError(FmtradeError, ValueError):

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import contextlib
 import sys
+from collections.abc import Callable
 
 import click
 import typer
@@ -14,7 +15,7 @@ from fmtrade.errors import FmtradeError
 try:  # typer >= 0.20 vendors click: its usage errors (missing/bad option) are not click's classes
     from typer._click.exceptions import ClickException as _TyperClickException
 except ImportError:  # pragma: no cover - older typer raises click's own
-    _TyperClickException = click.ClickException
+    _TyperClickException = click.ClickException  # type: ignore[misc,assignment]  # typer < 0.20; mypy checks the vendored click
 
 app = typer.Typer(
     name="fmtrade",
@@ -65,8 +66,8 @@ def _register() -> None:
 _register()
 
 
-def _run(command: click.Command, args: list[str]) -> object:
-    """Run with stdout reserved for the one JSON document: anything else written there (Ray's
+def _run(invoke: Callable[[], object]) -> object:
+    """Run ``invoke`` with stdout reserved for the one JSON document: anything else written there (Ray's
     worker-log forwarding, library prints) goes to stderr, and a Ray connection the command opened
     is closed before the stream is handed back, so no late log line lands after the document."""
     CliState.result_stream = sys.stdout
@@ -74,7 +75,7 @@ def _run(command: click.Command, args: list[str]) -> object:
     try:
         with contextlib.redirect_stdout(sys.stderr):
             try:
-                return command.main(args=args, prog_name="fmtrade", standalone_mode=False)
+                return invoke()
             finally:
                 ray = sys.modules.get("ray")
                 if not ray_was_up and ray is not None and ray.is_initialized():
@@ -87,12 +88,13 @@ def main(argv: list[str] | None = None) -> None:
     """Console entry point: user errors become one line on stderr and exit code 2."""
     command = typer.main.get_command(app)
     args = sys.argv[1:] if argv is None else argv
+
+    def invoke() -> object:
+        return command.main(args=args, prog_name="fmtrade", standalone_mode=False)
+
     try:
         # typer.Exit (raised by common.fail) is not click's Exit: typer returns its code instead.
-        if "--json" in args:
-            code = _run(command, args)
-        else:
-            code = command.main(args=args, prog_name="fmtrade", standalone_mode=False)
+        code = _run(invoke) if "--json" in args else invoke()
     except click.exceptions.Exit as exc:
         sys.exit(exc.exit_code)
     except click.exceptions.Abort:

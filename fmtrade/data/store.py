@@ -25,7 +25,7 @@ import time
 from collections import namedtuple
 from collections.abc import Callable, Iterable
 from dataclasses import asdict, dataclass, field
-from typing import Any, Protocol, TypeAlias
+from typing import Any, Protocol, TypeAlias, overload
 
 import fsspec
 import numpy as np
@@ -134,6 +134,10 @@ class SyncReport:
         }
 
 
+@overload
+def iso(ts: None) -> None: ...
+@overload
+def iso(ts: pd.Timestamp) -> str: ...
 def iso(ts: pd.Timestamp | None) -> str | None:
     """ISO-8601 UTC with a ``Z`` suffix (what every JSON output of fmtrade uses)."""
     return None if ts is None else pd.Timestamp(ts).tz_convert("UTC").strftime("%Y-%m-%dT%H:%M:%SZ")
