@@ -22,7 +22,7 @@ import time
 from collections.abc import Callable, Iterable, Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
 import pandas as pd
@@ -35,6 +35,9 @@ from fmtrade.models.neural import NeuralForecaster
 from fmtrade.models.objective import Geometry
 from fmtrade.models.recipes import zoo_pretrain_lr
 from fmtrade.models.registry import ADAPTERS, adapter_class
+
+if TYPE_CHECKING:
+    from peft import PeftMixedModel, PeftModel
 
 log = logging.getLogger(__name__)
 
@@ -69,7 +72,10 @@ def check_family(family: str, field: str = "arch") -> str:
 def load_for_training(family: str, checkpoint: str, device: str = "cpu") -> NeuralForecaster:
     """The family's forecaster on ``checkpoint`` in float32 (through the adapter's real loader)."""
     check_family(family)
-    return adapter_class(family)(f"{family}-training", checkpoint, device=device, dtype="float32")
+    forecaster = adapter_class(family)(f"{family}-training", checkpoint, device=device, dtype="float32")
+    if not isinstance(forecaster, NeuralForecaster):  # FAMILIES are the neural adapters
+        raise TypeError(f"{family}: adapter built a {type(forecaster).__name__}, not a NeuralForecaster")
+    return forecaster
 
 
 # One model being trained -----------------------------------------------------------------------
@@ -100,7 +106,8 @@ class TrainingRun:
         self.objective = forecaster.objective(context)
         self.module: torch.nn.Module = forecaster.module
         self.lora = lora
-        self.net: torch.nn.Module = self._wrap_lora(lora) if lora is not None else self.module
+        self.peft = self._wrap_lora(lora) if lora is not None else None
+        self.net: torch.nn.Module = self.peft if self.peft is not None else self.module
         self.model: torch.nn.Module = self.net
         self.params = [p for p in self.net.parameters() if p.requires_grad]
         self.optimizer = torch.optim.AdamW(self.params, lr=lr, weight_decay=weight_decay)
@@ -115,7 +122,7 @@ class TrainingRun:
     def geometry(self) -> Geometry:
         return self.objective.geometry
 
-    def _wrap_lora(self, lora: LoraParams) -> torch.nn.Module:
+    def _wrap_lora(self, lora: LoraParams) -> PeftModel | PeftMixedModel:
         from peft import LoraConfig, get_peft_model
 
         targets = lora.target_modules or tuple(self.forecaster.lora_target_modules)
@@ -193,8 +200,9 @@ class TrainingRun:
         if weights is not None:
             self.load_weights(weights)
         try:
-            if self.lora is not None:
-                return write_dir_atomic(out_dir, lambda tmp: self.net.save_pretrained(str(tmp)))
+            peft = self.peft
+            if peft is not None:
+                return write_dir_atomic(out_dir, lambda tmp: peft.save_pretrained(str(tmp)))
             return self.forecaster.save_checkpoint(out_dir)
         finally:
             if current is not None:

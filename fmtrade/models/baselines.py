@@ -173,7 +173,7 @@ class _StatsForecastBaseline(_LogPriceBaseline):
     season_length_default = 1
     default_max_context = 2048
     min_context = 8
-    option_names = ("season_length",)
+    option_names: tuple[str, ...] = ("season_length",)
 
     def _configure(self, options: dict[str, Any]) -> None:
         self.season_length = _positive_int(options, "season_length", self.season_length_default)

@@ -86,6 +86,7 @@ class _ChronosFamily(NeuralForecaster):
     pipeline_class: ClassVar[type[BaseChronosPipeline]]
     lora_target_modules: ClassVar[tuple[str, ...]] = LORA_TARGET_MODULES
     pipeline: BaseChronosPipeline
+    module: PreTrainedModel  # the pipeline's inner transformers model
 
     def _load(self, source: str) -> torch.nn.Module:
         self.pipeline = self._pipeline(source)
@@ -192,7 +193,7 @@ class _GumbelMaxSampler(LogitsProcessor):
         self.num_samples = num_samples
         self.warpers = warpers
 
-    def __call__(self, input_ids: torch.LongTensor, scores: torch.FloatTensor) -> torch.FloatTensor:
+    def __call__(self, input_ids: torch.LongTensor, scores: torch.Tensor) -> torch.Tensor:
         scores = self.warpers(input_ids, scores)
         noise = torch.empty(scores.shape, device=scores.device, dtype=torch.float32)
         for generator, rows in zip(self.generators, noise.split(self.num_samples), strict=True):
@@ -353,6 +354,18 @@ class Chronos2Forecaster(_ChronosFamily):
     objective_class = Chronos2Objective
     module: Chronos2Model
 
+    def _native_input(self, context: np.ndarray, covs: Covariates | None, keys: tuple[str, ...]) -> Any:
+        """The pipeline's input for one row: a tensor, or with covariate ``keys`` (all held by
+        ``covs``, as :meth:`_predict` groups rows) a dict of the target and those covariates."""
+        if not keys:
+            return self._tensors([context])[0]
+        if covs is None:
+            raise ValueError(f"covariates {', '.join(keys)} asked for a row that has none")
+        return {
+            "target": context.astype(np.float32),
+            "past_covariates": {k: np.asarray(covs[k], dtype=np.float32) for k in keys},
+        }
+
     def _predict(
         self,
         contexts: list[np.ndarray],
@@ -367,15 +380,7 @@ class Chronos2Forecaster(_ChronosFamily):
         mean = np.empty((len(contexts), horizon))
         quantiles = np.empty((len(contexts), horizon, len(quantile_levels)))
         for keys, rows in groups.items():
-            inputs: list[Any] = [
-                {
-                    "target": contexts[r].astype(np.float32),
-                    "past_covariates": {k: np.asarray(covariates[r][k], dtype=np.float32) for k in keys},
-                }
-                if keys
-                else self._tensors([contexts[r]])[0]
-                for r in rows
-            ]
+            inputs = [self._native_input(contexts[r], covariates[r], keys) for r in rows]
             native = self.pipeline.predict(
                 inputs,
                 prediction_length=horizon,
@@ -409,7 +414,9 @@ def _save_seeded(make: Callable[[], PreTrainedModel], out_dir: Path, seed: int) 
 
 def _t5_config(dims: dict[str, int], chronos_config: dict[str, Any], pipeline_class: str, **extra: Any) -> T5Config:
     """The T5 backbone both T5-based families share (the token model adds its vocabulary size)."""
-    return T5Config(
+    # T5Config keeps extra keyword arguments as config attributes; its typed signature lists only its own.
+    make_config: Callable[..., T5Config] = T5Config
+    return make_config(
         num_decoder_layers=dims["num_layers"],
         feed_forward_proj="relu",
         pad_token_id=0,

@@ -39,7 +39,7 @@ import dataclasses
 import json
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, ClassVar, NamedTuple
+from typing import Any, ClassVar, NamedTuple, TypedDict
 
 import numpy as np
 import torch
@@ -69,7 +69,18 @@ _POLAR_TRIES = 12
 #: Student-t tail draw cannot overflow the next step's features.
 _SAMPLE_CLIP = 1e4
 
-_SIZES: dict[str, dict[str, int]] = {
+
+class _Size(TypedDict):
+    """The :class:`LagLlamaConfig` fields a zoo size sets."""
+
+    n_embd: int
+    n_layer: int
+    n_head: int
+    ffn_hidden: int
+    context_length: int
+
+
+_SIZES: dict[str, _Size] = {
     "tiny": {"n_embd": 96, "n_layer": 2, "n_head": 4, "ffn_hidden": 256, "context_length": 64},
     "small": {"n_embd": 256, "n_layer": 6, "n_head": 8, "ffn_hidden": 688, "context_length": 256},
 }
@@ -293,6 +304,8 @@ class LagLlamaModel(nn.Module):
     loop (or a peft-wrapped model) calls ``model(values)`` on windows of
     ``config.window_length`` raw values.
     """
+
+    lags: torch.Tensor  # the config's lags as a long tensor (a non-persistent buffer)
 
     def __init__(self, config: LagLlamaConfig) -> None:
         super().__init__()

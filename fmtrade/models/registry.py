@@ -16,7 +16,7 @@ from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from importlib import resources
 from pathlib import Path
-from typing import Any, Literal
+from typing import Any, Literal, Protocol
 
 import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
@@ -26,6 +26,14 @@ from fmtrade.errors import ConfigError, InputError
 from fmtrade.models.base import Forecaster
 from fmtrade.models.checkpoints import ModelLoadError
 from fmtrade.models.recipes import current_recipe, is_outdated, recipe_of
+
+
+class ForecasterClass(Protocol):
+    """An adapter's forecaster class as the registry calls it: ``cls(name, checkpoint, **kwargs)``,
+    with ``max_batch_size``, ``context_length``, ``device``/``dtype`` (weighted families) and the
+    spec's options as keyword arguments."""
+
+    def __call__(self, name: str, checkpoint: str | None = ..., /, **kwargs: Any) -> Forecaster: ...
 
 
 @dataclass(frozen=True)
@@ -180,7 +188,7 @@ def active_specs(settings: Settings) -> list[ModelSpec]:
     specs = load_registry(settings.models.registry).profile(settings.models.profile)
     out = []
     for spec in specs:
-        update = {}
+        update: dict[str, str] = {}
         if spec.device == "auto":
             update["device"] = settings.models.device
         if spec.dtype == "auto":
@@ -217,7 +225,9 @@ def resolve_checkpoint(spec: ModelSpec, settings: Settings) -> str | None:
 def in_zoo(spec: ModelSpec, settings: Settings) -> bool:
     """Whether ``spec``'s checkpoint is a directory directly inside the zoo (fmtrade builds those)."""
     ckpt = resolve_checkpoint(spec, settings)
-    return bool(ckpt) and Path(ckpt).is_absolute() and Path(ckpt).resolve().parent == settings.zoo_dir().resolve()
+    if not ckpt:
+        return False
+    return Path(ckpt).is_absolute() and Path(ckpt).resolve().parent == settings.zoo_dir().resolve()
 
 
 def is_hub_id(spec: ModelSpec, settings: Settings) -> bool:
@@ -252,7 +262,7 @@ def _import(adapter: Adapter, attr: str) -> Any:
         raise ModelLoadError(f"adapter {adapter.module}:{attr} is not importable: {exc}") from exc
 
 
-def adapter_class(adapter_key: str) -> type[Forecaster]:
+def adapter_class(adapter_key: str) -> ForecasterClass:
     adapter = adapter_of(adapter_key)
     return _import(adapter, adapter.cls)
 

@@ -230,8 +230,10 @@ class TimesFMObjective(Objective["TimesFMForecaster"]):
         # normalised 128-step target of a random walk has a variance that swamps everything else.
         k = min(self.MIN_PATCHES, n) - 1
         spread = spread[:, k:, : min(core.os, length - p)]
-        head = (point[:, k:], spread)
-        return sum(self._head_loss(pred, x, observed, mu[:, k:], sigma[:, k:], k) for pred in head)
+        point_loss, spread_loss = (
+            self._head_loss(pred, x, observed, mu[:, k:], sigma[:, k:], k) for pred in (point[:, k:], spread)
+        )
+        return point_loss + spread_loss
 
     def _head_loss(
         self,

@@ -19,7 +19,7 @@ from pathlib import Path
 from typing import Any
 
 from fmtrade.config import Settings
-from fmtrade.errors import InputError
+from fmtrade.errors import ConfigError, InputError
 from fmtrade.models.checkpoints import progress_bars_only_on_a_terminal
 from fmtrade.models.recipes import is_outdated, stamp_recipe
 from fmtrade.models.registry import (
@@ -109,7 +109,9 @@ def build_zoo(
         if replacing and not force and not outdated:
             report.append({**row, "status": "exists", "seconds": 0.0})
             continue
-        builder = zoo_builder(spec.adapter)  # never None: zoo_specs keeps only families with a builder
+        builder = zoo_builder(spec.adapter)
+        if builder is None:  # a custom adapter whose checkpoint names a directory in the zoo
+            raise ConfigError(f"{spec.name}: adapter {spec.adapter} has no zoo builder; fmtrade cannot build {target}")
         start = time.perf_counter()
         scratch = Path(tempfile.mkdtemp(prefix=f".{spec.name}.build-", dir=zoo))
         try:
