@@ -19,6 +19,7 @@ import logging
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
+from typing import TYPE_CHECKING, cast
 
 import ray
 
@@ -36,6 +37,9 @@ from fmtrade.errors import InputError
 from fmtrade.jobs.ray_runtime import get, init_ray
 from fmtrade.models.base import Forecast, Forecaster
 from fmtrade.models.registry import build_forecaster, is_available
+
+if TYPE_CHECKING:
+    from ray.actor import ActorClass
 
 log = logging.getLogger(__name__)
 
@@ -122,7 +126,8 @@ def forecast_all(
     actors are released and the next model's pool starts."""
     described = check_models(factories, config, options)
     per_model, live = _pool_plan(options, len(factories))
-    actor_cls = ForecastActor.options(**_resources(options), **RETRIES)
+    # @ray.remote made an ActorClass of ForecastActor; Ray's typing still sees the class.
+    actor_cls = cast("ActorClass[ForecastActor]", ForecastActor).options(**_resources(options), **RETRIES)
     waiting = list(factories)
     pools: dict[str, list] = {}
     pending: dict = {}

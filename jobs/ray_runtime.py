@@ -81,7 +81,7 @@ def ray_cpu_count() -> int:
     """The CPUs an embedded Ray counts on this machine by default (container limits included)."""
     from ray._private.utils import get_num_cpus
 
-    return get_num_cpus()
+    return int(get_num_cpus())  # an int already (truncate=True); Ray annotates it float
 
 
 def check_reachable(address: str) -> None:

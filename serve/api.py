@@ -253,13 +253,14 @@ def create_api(backend: Backend, token: str | None, max_body_bytes: int) -> Fast
 
     def openapi() -> dict[str, Any]:
         """FastAPI's document plus the request body schemas of the routes that parse their own body."""
-        if api.openapi_schema is None:
-            doc = FastAPI.openapi(api)
+        doc = api.openapi_schema
+        if doc is None:
+            doc = FastAPI.openapi(api)  # builds and caches api.openapi_schema: this very dict
             _, defs = models_json_schema(
                 [(m, "validation") for m in BODY_MODELS], ref_template="#/components/schemas/{model}"
             )
             doc.setdefault("components", {}).setdefault("schemas", {}).update(defs["$defs"])
-        return api.openapi_schema
+        return doc
 
     api.openapi = openapi  # type: ignore[method-assign]
     api.add_middleware(Guard, token=token, max_body_bytes=max_body_bytes)

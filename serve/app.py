@@ -14,9 +14,9 @@ per-deployment overrides in a config file can target them too.
 from __future__ import annotations
 
 import logging
-from typing import Any
+from typing import Any, cast
 
-from ray.serve import Application
+from ray.serve import Application, Deployment
 
 from fmtrade.errors import ConfigError
 from fmtrade.models.registry import active_specs, is_available, select_specs
@@ -56,12 +56,14 @@ def cpus_at_start(cfg: AppConfig, models: list[str]) -> float:
 def build_graph(cfg: AppConfig, models: list[str]) -> Application:
     """The deployment graph serving ``models`` (see :func:`served_models`)."""
     doc = cfg.to_args()
+    # @serve.deployment made Deployments of these classes; Ray's typing still sees the classes.
+    model, ensemble, ingress = (cast(Deployment, d) for d in (ModelDeployment, EnsembleDeployment, Ingress))
     members = {
-        name: ModelDeployment.options(**cfg.options_for(name).deployment_options(f"model-{name}")).bind(name, doc)
+        name: model.options(**cfg.options_for(name).deployment_options(f"model-{name}")).bind(name, doc)
         for name in models
     }
-    ensemble = EnsembleDeployment.options(**cfg.ensemble.deployment_options("ensemble")).bind(members, doc)
-    return Ingress.options(**cfg.ingress.deployment_options("api")).bind(ensemble, members, doc)
+    ensemble_app = ensemble.options(**cfg.ensemble.deployment_options("ensemble")).bind(members, doc)
+    return ingress.options(**cfg.ingress.deployment_options("api")).bind(ensemble_app, members, doc)
 
 
 def build_app(args: dict[str, Any] | None = None) -> Application:

@@ -13,7 +13,7 @@ from __future__ import annotations
 import asyncio
 import time
 from collections.abc import Awaitable, Callable
-from typing import Any
+from typing import Any, Protocol, cast
 
 import numpy as np
 from ray import serve
@@ -53,6 +53,14 @@ def _rows(requests: list[ModelRequest]) -> int:
     return sum(r.rows for r in requests)
 
 
+class _BatchSettings(Protocol):
+    """The setters ``@serve.batch`` gives the method it wraps (Ray's typing keeps the method's type)."""
+
+    def set_max_batch_size(self, new_max_batch_size: int) -> None: ...
+
+    def set_batch_wait_timeout_s(self, new_batch_wait_timeout_s: float) -> None: ...
+
+
 @serve.deployment
 class ModelDeployment:
     """Serves one registry model; see the module docstring."""
@@ -63,8 +71,9 @@ class ModelDeployment:
         self.spec = model_spec(self.settings, model)
         self.options = cfg.options_for(model)
         self.base = build_forecaster(self.spec, self.settings)
-        self._batched.set_max_batch_size(self.options.max_batch_size)
-        self._batched.set_batch_wait_timeout_s(self.options.batch_wait_timeout_s)
+        batching = cast(_BatchSettings, self._batched)
+        batching.set_max_batch_size(self.options.max_batch_size)
+        batching.set_batch_wait_timeout_s(self.options.batch_wait_timeout_s)
         # The LRU size comes from config, so the multiplexed loader is wired here rather than
         # decorated on the class (Serve detects multiplexing set up at init time).
         self._adapter = serve.multiplexed(max_num_models_per_replica=self.options.max_adapters_per_replica)(

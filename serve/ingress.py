@@ -13,6 +13,7 @@ import numpy as np
 from fastapi import FastAPI
 from ray import serve
 from ray.serve.handle import DeploymentHandle
+from ray.serve.schema import ReplicaState
 
 from fmtrade.data.closes import LatestCloses
 from fmtrade.data.intervals import check_category, check_interval
@@ -212,4 +213,4 @@ def _running_replicas() -> dict[str, int]:
         app = status.applications[serve.get_replica_context().app_name]
     except Exception:  # noqa: BLE001 - replica counts are informative only
         return {}
-    return {name: int(d.replica_states.get("RUNNING", 0)) for name, d in app.deployments.items()}
+    return {name: int(d.replica_states.get(ReplicaState.RUNNING, 0)) for name, d in app.deployments.items()}

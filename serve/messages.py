@@ -91,9 +91,11 @@ def context_row(field_name: str) -> tuple[int, str] | None:
     return (int(match.group(1)), match.group(2)) if match else None
 
 
-def shift_rows(exc: BaseException, offset: int) -> BaseException:
+def shift_rows(exc: Exception, offset: int) -> Exception:
     """A piece's input error renumbered to the rows of the request it was cut from."""
-    row = context_row(exc.field) if isinstance(exc, InputError) else None
-    if row is None or not offset:
+    if not isinstance(exc, InputError) or not offset:
+        return exc
+    row = context_row(exc.field)
+    if row is None:
         return exc
     return InputError(f"contexts[{row[0] + offset}]{row[1]}", exc.reason)
