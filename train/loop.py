@@ -325,6 +325,13 @@ def fit(
     return result
 
 
+def final_checkpoint(result: ray.train.Result) -> ray.train.Checkpoint:
+    """The checkpoint a run :func:`fit` returned ends with (fit refuses a run without one)."""
+    if result.checkpoint is None:
+        raise FmtradeError("training finished without a checkpoint")
+    return result.checkpoint
+
+
 def storage_location(storage: str) -> tuple[pyarrow.fs.FileSystem | None, str]:
     """Ray Train's (filesystem, path) for a local path or a URI such as ``s3://bucket/prefix``.
 
@@ -356,6 +363,8 @@ def publish_model(checkpoint: ray.train.Checkpoint, out_dir: Path) -> Path:
 
 def summary(result: ray.train.Result) -> dict[str, Any]:
     """The final metrics, JSON-ready (NaN -> None)."""
+    if result.metrics is None:
+        raise FmtradeError("training finished without reporting metrics")
     out = {}
     for key, value in result.metrics.items():
         if isinstance(value, float) and not math.isfinite(value):

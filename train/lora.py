@@ -42,7 +42,7 @@ from fmtrade.jobs.ray_runtime import init_ray
 from fmtrade.models.registry import active_specs, adapter_class, build_forecaster, resolve_checkpoint, select_specs
 from fmtrade.models.zoo import adapters_root, publish_dir
 from fmtrade.train.datasets import WindowSpec, window_datasets
-from fmtrade.train.loop import LoopConfig, fit, publish_model, summary
+from fmtrade.train.loop import LoopConfig, final_checkpoint, fit, publish_model, summary
 from fmtrade.train.tune import TuneSpace, sweep
 from fmtrade.training import FAMILIES, LoraParams, load_for_training
 
@@ -138,15 +138,15 @@ def finetune(settings: Settings, params: FinetuneParams) -> dict[str, Any]:
         }  # fmt: skip
         if params.tune is None:
             result = fit(f"finetune-{params.base}-{name}", cfg, train, val, **run_args)
-            checkpoint, metrics = result.checkpoint, summary(result)
+            trained, metrics = final_checkpoint(result), summary(result)
         else:
             swept = sweep(f"finetune-{params.base}-{name}", cfg, train, val, params.tune, **run_args)
-            checkpoint, metrics = swept.checkpoint, swept.metrics
+            trained, metrics = swept.checkpoint, swept.metrics
             tuning[name] = {"best": swept.config, "trials": swept.trials}
         target = root / params.base / name
         target.parent.mkdir(parents=True, exist_ok=True)
         with tempfile.TemporaryDirectory(prefix=f".{name}.", dir=target.parent) as scratch:
-            publish_dir(publish_model(checkpoint, Path(scratch) / name), target)
+            publish_dir(publish_model(trained, Path(scratch) / name), target)
         adapters[name] = str(target)
         runs.append({"adapter": name, "train_windows": train.count(), **{k: metrics.get(k) for k in _RUN_KEYS}})
     table = _table(settings, spec, closes, adapters, params, val_start)

@@ -23,7 +23,7 @@ from fmtrade.models.recipes import stamp_recipe
 from fmtrade.models.registry import zoo_builder
 from fmtrade.models.zoo import SIZES
 from fmtrade.train.datasets import WindowSpec, window_datasets
-from fmtrade.train.loop import LoopConfig, fit, publish_model, summary
+from fmtrade.train.loop import LoopConfig, final_checkpoint, fit, publish_model, summary
 from fmtrade.training import TrainingRun, check_family, load_for_training
 
 #: Evaluations (and checkpoints) per run in ``--steps`` mode; ``--minutes`` mode checkpoints every this many steps.
@@ -70,7 +70,10 @@ def pretrain(params: PretrainParams, address: str | None = "local") -> dict[str,
     started = time.perf_counter()
     init_ray(address)
     with tempfile.TemporaryDirectory(prefix="fmtrade-pretrain-") as scratch:
-        initial = zoo_builder(params.arch)(Path(scratch) / "initial", size=params.size, seed=params.seed)
+        builder = zoo_builder(params.arch)
+        if builder is None:
+            raise InputError("arch", f"{params.arch} has no zoo builder to initialise its weights")
+        initial = builder(Path(scratch) / "initial", size=params.size, seed=params.seed)
         geometry = TrainingRun(load_for_training(params.arch, str(initial))).geometry
         spec = WindowSpec(
             geometry, params.corpus_params, store_root=params.store, interval=params.interval,
@@ -87,7 +90,7 @@ def pretrain(params: PretrainParams, address: str | None = "local") -> dict[str,
             f"pretrain-{params.arch}", cfg, train, val, workers=params.workers, use_gpu=params.use_gpu,
             storage=params.storage, max_failures=params.max_failures,
         )  # fmt: skip
-        checkpoint = publish_model(result.checkpoint, Path(params.out))
+        checkpoint = publish_model(final_checkpoint(result), Path(params.out))
         stamp_recipe(checkpoint, params.arch, params.size, params.seed)  # the zoo builder's architecture
     metrics = summary(result)
     return {

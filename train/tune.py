@@ -22,7 +22,7 @@ from ray import tune
 from ray.train import Checkpoint
 
 from fmtrade.errors import FmtradeError, InputError
-from fmtrade.train.loop import LoopConfig, fit, root_cause, storage_location, summary
+from fmtrade.train.loop import LoopConfig, final_checkpoint, fit, root_cause, storage_location, summary
 
 METRIC = "best_val_wql"
 #: CPU a trial reserves for itself: it only drives a trainer, whose workers reserve the real CPUs.
@@ -82,12 +82,13 @@ def sweep(
 
     def run_trial(config: dict[str, Any]) -> None:
         trial = trial_config(cfg, config["lr"], config["rank"])
+        assert trial.lora is not None  # trial_config sets this trial's LoRA rank and alpha
         result = fit(
             f"{name}-lr{config['lr']:g}-r{config['rank']}", trial, train, val,
             workers=workers, use_gpu=use_gpu, storage=storage, max_failures=max_failures,
         )  # fmt: skip
         metrics = {k: v for k, v in summary(result).items() if isinstance(v, int | float)}
-        tune.report({**metrics, "alpha": trial.lora.alpha, "checkpoint_path": result.checkpoint.path})
+        tune.report({**metrics, "alpha": trial.lora.alpha, "checkpoint_path": final_checkpoint(result).path})
 
     tuner = tune.Tuner(
         tune.with_resources(run_trial, {"CPU": TRIAL_CPU}),
@@ -98,24 +99,36 @@ def sweep(
         ),
     )
     grid = tuner.fit()
-    trials = [_trial_row(result) for result in grid]
-    finished = [r for r in grid if r.error is None and r.metrics and r.metrics.get(METRIC) is not None]
+    results = [grid[i] for i in range(len(grid))]  # ResultGrid iterates by __getitem__; it has no typed __iter__
+    trials = [_trial_row(result) for result in results]
+    finished = [
+        (r, scores) for r in results if r.error is None and (scores := r.metrics) and scores.get(METRIC) is not None
+    ]
     if not finished:
         reasons = "; ".join(f"lr={t['lr']:g} rank={t['rank']}: {t['error']}" for t in trials)
         raise FmtradeError(f"{name}: every tuning trial failed ({reasons})")
-    best = min(finished, key=lambda r: r.metrics[METRIC])
-    checkpoint = Checkpoint(best.metrics["checkpoint_path"], filesystem=filesystem)
-    config = {"lr": best.config["lr"], "rank": best.config["rank"], "alpha": best.metrics["alpha"]}
-    metrics = {k: v for k, v in best.metrics.items() if k != "checkpoint_path"}
+    best, best_metrics = min(finished, key=lambda pair: pair[1][METRIC])
+    checkpoint = Checkpoint(best_metrics["checkpoint_path"], filesystem=filesystem)
+    best_config = _trial_config(best)
+    config = {"lr": best_config["lr"], "rank": best_config["rank"], "alpha": best_metrics["alpha"]}
+    metrics = {k: v for k, v in best_metrics.items() if k != "checkpoint_path"}
     return SweepResult(checkpoint, metrics, config, trials)
+
+
+def _trial_config(result: tune.Result) -> dict[str, Any]:
+    """The ``lr`` and ``rank`` a trial ran with (Tune records every trial's config)."""
+    if result.config is None:
+        raise FmtradeError("a tuning trial came back without its config")
+    return result.config
 
 
 def _trial_row(result: tune.Result) -> dict[str, Any]:
     metrics = result.metrics or {}
     error = None if result.error is None else root_cause(result.error)
+    config = _trial_config(result)
     return {
-        "lr": result.config["lr"],
-        "rank": result.config["rank"],
+        "lr": config["lr"],
+        "rank": config["rank"],
         "alpha": metrics.get("alpha"),
         METRIC: metrics.get(METRIC),
         "val_wql_first": metrics.get("val_wql_first"),
