@@ -303,6 +303,8 @@ def zoo_pretrainer(minutes: float, seed: int = 0) -> Callable[[Any, Path], None]
         return None
 
     def post_build(spec: Any, built: Path) -> None:
+        if ADAPTERS[spec.adapter].published:
+            return  # published weights (Fracast-0): minutes on the synthetic corpus would only undo them
         lr = zoo_pretrain_lr(spec.family)
         log.info("%s pretrained: %s", spec.name, pretrain_in_place(built, spec.family, minutes, seed=seed, lr=lr))
 

@@ -37,7 +37,7 @@ def _rows() -> list[np.ndarray]:
 
 
 def test_every_neural_adapter_derives_from_the_base() -> None:
-    assert NEURAL == ["chronos", "chronos-bolt", "chronos2", "timesfm", "lagllama"]
+    assert NEURAL == ["chronos", "chronos-bolt", "chronos2", "timesfm", "lagllama", "fracast"]
     assert all(issubclass(adapter_class(key), NeuralForecaster) for key in NEURAL)
 
 

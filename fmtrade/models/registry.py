@@ -44,6 +44,7 @@ class Adapter:
     module: str
     cls: str
     builder: str | None = None  # ``build_<family>_checkpoint``; None for baselines (no weights)
+    published: bool = False  # the builder copies published trained weights: the zoo build never pretrains them
 
     @property
     def needs_checkpoint(self) -> bool:
@@ -58,6 +59,7 @@ ADAPTERS: dict[str, Adapter] = {
     "chronos2": Adapter("chronos2", "fmtrade.models.chronos", "Chronos2Forecaster", "build_chronos2_checkpoint"),
     "timesfm": Adapter("timesfm", "fmtrade.models.timesfm", "TimesFMForecaster", "build_timesfm_checkpoint"),
     "lagllama": Adapter("lagllama", "fmtrade.models.lagllama", "LagLlamaForecaster", "build_lagllama_checkpoint"),
+    "fracast": Adapter("fracast", "fmtrade.models.fracast", "FracastForecaster", "build_fracast_checkpoint", True),
     "random-walk": Adapter("baseline", "fmtrade.models.baselines", "RandomWalkForecaster"),
     "naive": Adapter("baseline", "fmtrade.models.baselines", "NaiveForecaster"),
     "seasonal-naive": Adapter("baseline", "fmtrade.models.baselines", "SeasonalNaiveForecaster"),
