@@ -97,6 +97,7 @@ class ModelSpec(BaseModel):
     batch_size: int = Field(256, ge=1, le=65536)
     context_length: int | None = Field(None, ge=2)
     weight: float = Field(1.0, ge=0.0, description="Static ensemble weight (normalised over the members that answer)")
+    calibrate: bool = Field(True, description="Conformally recalibrate its quantiles in walk-forward runs")
     enabled: bool = True
     options: dict[str, Any] = Field(default_factory=dict, description="Extra keyword arguments for the adapter")
 
