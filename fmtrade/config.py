@@ -70,6 +70,9 @@ class ModelsSettings(Section):
     zoo: str | None = Field(None, description="Model zoo directory; default $FMTRADE_HOME/zoo")
     device: Device = "auto"
     dtype: Literal["auto", "float32", "bfloat16"] = "auto"
+    calibrate_ensemble: bool = Field(
+        False, description="Recalibrate the walk-forward ensemble from its own errors too (docs/MODELS.md)"
+    )
 
 
 class ServeSettings(Section):

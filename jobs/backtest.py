@@ -7,9 +7,10 @@ must then be reachable from the cluster: a shared path or an object-store URI).
 
 Layout: per model, a pool of ``backtest.inference_actors`` actors (GPU actors when
 ``backtest.use_gpu``; fractional CPUs otherwise so several fit on a small machine) each load
-the model once and forecast large chunks of windows from every asset; the ensemble is combined
-on the driver; then one task per asset runs the strategy, the simulation and the metrics, and
-the driver gathers the results and writes the run directory.
+the model once and forecast large chunks of windows from every asset; then one task per asset
+recalibrates the forecasts and builds the online-weighted ensemble
+(:func:`fmtrade.backtest.engine.walk_forward`), runs the strategy, the simulation and the metrics,
+and the driver gathers the results and writes the run directory.
 """
 
 from __future__ import annotations
@@ -24,7 +25,14 @@ from typing import TYPE_CHECKING, cast
 import ray
 
 from fmtrade.backtest.config import BacktestConfig
-from fmtrade.backtest.engine import Progress, WindowBatch, collect_windows, forecast_batched, split_by_asset
+from fmtrade.backtest.engine import (
+    Progress,
+    WindowBatch,
+    collect_windows,
+    forecast_batched,
+    split_by_asset,
+    walk_forward,
+)
 from fmtrade.backtest.market import Market, load_market
 from fmtrade.backtest.outputs import write_run
 from fmtrade.backtest.results import AssetResult, BacktestRun, run_asset
@@ -32,11 +40,11 @@ from fmtrade.backtest.selection import ModelSelection, select_models
 from fmtrade.backtest.windows import Windows, plan_windows
 from fmtrade.config import Settings
 from fmtrade.data.store import Store
-from fmtrade.ensemble import ENSEMBLE_NAME, combine
 from fmtrade.errors import InputError
 from fmtrade.jobs.ray_runtime import get, init_ray
 from fmtrade.models.base import Forecast, Forecaster
 from fmtrade.models.registry import build_forecaster, is_available
+from fmtrade.walkforward import WalkForward
 
 if TYPE_CHECKING:
     from ray.actor import ActorClass
@@ -81,7 +89,11 @@ class ForecastActor:
 
 
 @ray.remote
-def backtest_asset(market: Market, windows: Windows, forecasts: dict[str, Forecast], config: BacktestConfig):
+def backtest_asset(
+    market: Market, windows: Windows, forecasts: dict[str, Forecast], config: BacktestConfig, walk: WalkForward | None
+) -> AssetResult:
+    if walk is not None:
+        forecasts = walk_forward(market, windows, forecasts, config, walk)
     return run_asset(market, windows, forecasts, config)
 
 
@@ -163,31 +175,21 @@ def forecast_all(
                 ray.kill(handle)
 
 
-def add_ensemble(forecasts: dict[str, dict[str, Forecast]], weights: Mapping[str, float]) -> None:
-    """The weighted quantile-average ensemble of every model, per asset (static registry weights)."""
-    symbols = next(iter(forecasts.values())).keys()
-    members = list(forecasts)
-    member_weights = {m: weights.get(m, 1.0) for m in members}
-    forecasts[ENSEMBLE_NAME] = {s: combine({m: forecasts[m][s] for m in members}, member_weights) for s in symbols}
-
-
 def run_backtest(
     markets: Mapping[str, Market],
     factories: Mapping[str, ModelFactory],
     config: BacktestConfig,
     *,
-    ensemble_weights: Mapping[str, float] | None = None,
+    walk: WalkForward | None = None,
     options: PoolOptions = PoolOptions(),
     progress: Progress | None = None,
 ) -> BacktestRun:
-    """Forecast, trade and score every asset with every model (plus the ensemble when
-    ``ensemble_weights`` is given). Ray must be initialised (:func:`init_ray`)."""
+    """Forecast, trade and score every asset with every model, recalibrated and with the ensemble as
+    ``walk`` says (None: the raw forecasts, no ensemble). Ray must be initialised (:func:`init_ray`)."""
     assets = [(market, plan_windows(market, config)) for market in markets.values()]
     forecasts = forecast_all(assets, factories, config, options, progress)
-    if ensemble_weights is not None:
-        add_ensemble(forecasts, ensemble_weights)
     tasks = [
-        backtest_asset.remote(market, windows, {m: fc[market.symbol] for m, fc in forecasts.items()}, config)
+        backtest_asset.remote(market, windows, {m: fc[market.symbol] for m, fc in forecasts.items()}, config, walk)
         for market, windows in assets
     ]
     results: list[AssetResult] = get(tasks)
@@ -238,7 +240,9 @@ def execute(job: Job, address: str | None = None, progress: Progress | None = No
         job.markets,
         job.factories(),
         job.config,
-        ensemble_weights=job.selection.weights if job.selection.ensemble else None,
+        walk=WalkForward.from_registry(
+            job.selection.specs, job.settings, ensemble=job.selection.ensemble, calibrate=job.config.calibrate
+        ),
         options=PoolOptions.from_settings(job.settings),
         progress=progress,
     )

@@ -17,15 +17,16 @@ from fmtrade.config import Settings
 from fmtrade.evaluation import EvalParams, evaluate_symbol
 from fmtrade.jobs.ray_runtime import get, init_ray
 from fmtrade.models.registry import ModelSpec, build_forecaster
+from fmtrade.walkforward import WalkForward
 
 
 @ray.remote
 def evaluate_task(
     symbol: str, series: pd.Series, specs: list[ModelSpec], settings: Settings, params: EvalParams,
-    weights: Mapping[str, float] | None,
+    walk: WalkForward | None,
 ) -> list[dict[str, Any]]:  # fmt: skip
     forecasters = {spec.name: build_forecaster(spec, settings) for spec in specs}
-    return evaluate_symbol(symbol, series, forecasters, params, weights)
+    return evaluate_symbol(symbol, series, forecasters, params, walk)
 
 
 def run_evaluate_job(
@@ -33,7 +34,7 @@ def run_evaluate_job(
     specs: Sequence[ModelSpec],
     settings: Settings,
     params: EvalParams,
-    weights: Mapping[str, float] | None = None,
+    walk: WalkForward | None = None,
     address: str | None = None,
 ) -> list[dict[str, Any]]:
     """Rows of :func:`evaluate_symbol` for every symbol of ``series`` (in that order), one Ray task
@@ -41,5 +42,5 @@ def run_evaluate_job(
     init_ray(address or settings.cluster.address, settings.cluster.num_cpus)
     resources = {"num_gpus": 1} if settings.backtest.use_gpu else {"num_cpus": 1}
     task = evaluate_task.options(**resources)
-    refs = [task.remote(symbol, closes, list(specs), settings, params, weights) for symbol, closes in series.items()]
+    refs = [task.remote(symbol, closes, list(specs), settings, params, walk) for symbol, closes in series.items()]
     return [row for rows in get(refs) for row in rows]

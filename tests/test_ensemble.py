@@ -8,7 +8,8 @@ import time
 import numpy as np
 import pytest
 
-from fmtrade.ensemble import Ensemble, EnsembleError, OnlineWeights, combine, normalise_weights
+from fmtrade.calibration import Outcomes
+from fmtrade.ensemble import Ensemble, EnsembleError, OnlineWeights, combine, normalise_weights, walk_forward_ensemble
 from fmtrade.errors import InputError
 from fmtrade.models.base import Forecast
 from fmtrade.models.baselines import AutoETSForecaster, NaiveForecaster, RandomWalkForecaster, SeasonalNaiveForecaster
@@ -151,8 +152,8 @@ def test_learned_weights_move_toward_the_better_member(tmp_path) -> None:
         history.append(result.weights["seasonal"])
         weights = ens.update(result.members, realised)
         assert sum(weights.values()) == pytest.approx(1.0)
-    assert history[0] == pytest.approx(0.5)  # no history yet: static (equal) weights
-    assert history[1] > 0.8 and history[-1] > 0.8
+    assert history[0] == 0.0  # no record yet: the random walk holds all the weight
+    assert history[1] > 0.99 and history[-1] > 0.99  # the seasonal naive is far better here
     assert learner.losses["seasonal"] < learner.losses["random-walk"]
 
     path = tmp_path / "state" / "weights.json"
@@ -160,16 +161,23 @@ def test_learned_weights_move_toward_the_better_member(tmp_path) -> None:
     assert json.loads(path.read_text())["updates"] == {"random-walk": 4, "seasonal": 4}
     loaded = OnlineWeights.load(path)
     assert loaded.weights(members) == pytest.approx(learner.weights(members))
-    assert loaded.decay == learner.decay and loaded.losses == learner.losses
+    assert loaded.decay == learner.decay and loaded.eta == learner.eta and loaded.losses == learner.losses
 
 
-def test_online_weights_formula_and_state_errors(tmp_path) -> None:
-    learner = OnlineWeights(decay=0.5, eps=0.0 + 1e-9, losses={"a": 0.01, "b": 0.03})
-    assert learner.weights(["a", "b"]) == pytest.approx({"a": 0.75, "b": 0.25}, rel=1e-6)
-    # A member without history gets the mean known loss (0.02): inverse losses 100 : 33.3 : 50.
-    assert learner.weights(["a", "b", "new"])["new"] == pytest.approx(50 / (100 + 100 / 3 + 50), rel=1e-6)
+def test_online_weights_formula_fallbacks_and_state_errors(tmp_path) -> None:
+    learner = OnlineWeights(eta=20.0, losses={"a": 0.010, "b": 0.011})
+    # b is 10% worse than the best: exp(-20 * 0.1) = e^-2 of a's weight.
+    assert learner.weights(["a", "b"]) == pytest.approx({"a": 1 / (1 + np.exp(-2)), "b": np.exp(-2) / (1 + np.exp(-2))})
+    assert learner.weights(["a", "b", "new"])["new"] == 0.0  # no record: no weight while others have one
+    fresh = OnlineWeights()
+    assert fresh.weights(["x", "random-walk"]) == {"x": 0.0, "random-walk": 1.0}  # the documented fallback
+    assert fresh.weights(["x", "y"], prior={"x": 3.0, "y": 1.0}) == pytest.approx({"x": 0.75, "y": 0.25})
+    fresh.observe({"x": float("nan"), "y": 0.02})
+    assert fresh.losses == {"y": 0.02} and fresh.updates == {"y": 1}
     with pytest.raises(InputError, match="decay"):
         OnlineWeights(decay=1.0)
+    with pytest.raises(InputError, match="eta"):
+        OnlineWeights(eta=-1.0)
     bad = tmp_path / "bad.json"
     bad.write_text("{not json")
     with pytest.raises(InputError, match="weights_state"):
@@ -178,3 +186,24 @@ def test_online_weights_formula_and_state_errors(tmp_path) -> None:
         OnlineWeights.load(tmp_path / "missing.json")
     with pytest.raises(InputError, match="learner"):
         Ensemble({"rw": RandomWalkForecaster("rw")}).update({}, np.ones((1, 1)))
+
+
+def test_walk_forward_weights_move_to_the_better_member_from_realised_rows_only() -> None:
+    rows = list(_seasonal_windows(12, rows=1))
+    contexts = [c[0] for c, _ in rows]
+    realised = np.concatenate([r for _, r in rows])
+    members = {
+        name: model.forecast(contexts, 24, LEVELS)
+        for name, model in (("random-walk", RandomWalkForecaster()), ("seasonal", SeasonalNaiveForecaster("seasonal")))
+    }
+    # Issued every 24 bars with a 24-bar horizon: row i learns from rows 0..i-1.
+    outcomes = Outcomes.on_grid(np.arange(12) * 24, 24, realised)
+    ensemble, weights = walk_forward_ensemble(members, outcomes, OnlineWeights())
+    np.testing.assert_array_equal(weights[0], [1.0, 0.0])  # nothing realised yet: the random walk
+    np.testing.assert_array_equal(ensemble.quantiles[0], members["random-walk"].quantiles[0])
+    assert weights[1, 1] > 0.99 and weights[-1, 1] > 0.99  # one realised row shows the seasonal is better
+    assert np.allclose(weights.sum(axis=1), 1.0)
+    # A row issued before any target is known keeps the fallback, whatever comes later.
+    slow = Outcomes.on_grid(np.arange(12) * 24, 24 * 13, realised)
+    _, none_known = walk_forward_ensemble(members, slow, OnlineWeights())
+    np.testing.assert_array_equal(none_known[:, 0], 1.0)

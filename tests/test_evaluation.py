@@ -15,6 +15,7 @@ from fmtrade.errors import InputError
 from fmtrade.evaluation import ROW_KEYS, EvalParams, cut_windows, evaluate_symbol
 from fmtrade.jobs.ray_runtime import init_ray
 from fmtrade.models.baselines import NaiveForecaster, RandomWalkForecaster
+from fmtrade.walkforward import WalkForward
 from tests.conftest import free_port, run_cli
 
 
@@ -51,6 +52,18 @@ def test_start_end_bound_the_scored_targets() -> None:
     assert w.origins[0] == start
     assert len(w) == 12  # targets 300-309, ..., 410-419
     assert w.contexts[0][0] == series.iloc[200]  # contexts may reach back before start
+    assert w.scored.all()
+
+
+def test_warmup_windows_precede_start_on_the_same_grid_and_are_not_scored() -> None:
+    series = _series(500)
+    start, end = series.index[300], series.index[419]
+    w = cut_windows(series, EvalParams(context=100, horizon=10, stride=30, start=start, end=end, warmup=5))
+    # Five windows back from bar 300 on a 30-bar grid would start at 150; all fit after the context.
+    assert list(w.positions[:6]) == [150, 180, 210, 240, 270, 300]
+    assert list(w.scored) == [False] * 5 + [True] * 4  # origins 300, 330, 360, 390 are scored
+    few = cut_windows(series, EvalParams(context=250, horizon=10, stride=30, start=start, end=end, warmup=5))
+    assert few.positions[0] == 270  # only one grid point fits after a 250-bar context
 
 
 @pytest.mark.parametrize(
@@ -98,7 +111,8 @@ def closes(market_store) -> pd.Series:
 def test_evaluate_symbol_rows(closes: pd.Series) -> None:
     params = EvalParams(context=256, horizon=12, stride=48)
     models = {"random-walk": CountingRandomWalk("random-walk"), "naive": NaiveForecaster("naive")}
-    rows = evaluate_symbol("AAAUSDT", closes, models, params, weights={"random-walk": 1.0, "naive": 1.0})
+    walk = WalkForward(calibrated=frozenset({"naive"}), ensemble={"random-walk": 1.0, "naive": 1.0})
+    rows = evaluate_symbol("AAAUSDT", closes, models, params, walk)
     assert CountingRandomWalk.calls == 1  # every window in one batched call
     assert [r["model"] for r in rows] == ["random-walk", "naive", "ensemble"]
     windows = len(cut_windows(closes, params))
@@ -109,6 +123,11 @@ def test_evaluate_symbol_rows(closes: pd.Series) -> None:
         assert 0 <= row["coverage_80"] <= row["coverage_90"] <= 1
     rw = rows[0]
     assert rw["directional_accuracy"] is None  # the random walk makes no directional call
+    assert (rw["wql_rel_rw"], rw["wql_rel_ci_low"], rw["wql_rel_ci_high"]) == (1.0, 1.0, 1.0)
+    assert [r["calibrated"] for r in rows] == [False, True, False]
+    for row in rows[1:]:
+        assert row["wql_rel_ci_low"] <= row["wql_rel_rw"] <= row["wql_rel_ci_high"]
+        assert row["wql_rel_rw"] == pytest.approx(row["wql"] / rw["wql"])
     json.dumps(rows, allow_nan=False)  # strict JSON
 
 
@@ -153,8 +172,18 @@ def test_evaluate_cli_rows(market_store, capsys: pytest.CaptureFixture[str]) -> 
     ]
     assert all(set(r) == set(ROW_KEYS) for r in rows)
     assert len({r["windows"] for r in rows}) == 1 and rows[0]["windows"] == (2500 - 256 - 12) // 96 + 1
-    # The random walk was added as a reference, not as an ensemble member: the ensemble is naive alone.
-    assert rows[2]["wql"] == pytest.approx(rows[0]["wql"]) and rows[2]["wql"] != pytest.approx(rows[1]["wql"])
+    # The random walk, added as the anchor, is scored and is an ensemble member; every model is
+    # recalibrated by default (the registry's calibrate), the ensemble not (models.calibrate_ensemble).
+    assert [r["calibrated"] for r in rows[:3]] == [True, True, False]
+    assert rows[1]["wql_rel_rw"] == 1.0
+    assert rows[2]["wql"] != pytest.approx(rows[0]["wql"])
+    code, out, _ = _evaluate(
+        market_store, capsys, "--symbols", "AAAUSDT", "--models", "naive", "--context", "256", "--horizon", "12",
+        "--stride", "96", "--no-calibrate",
+    )  # fmt: skip
+    raw = json.loads(out)
+    assert [r["calibrated"] for r in raw] == [False, False, False]
+    assert raw[0]["wql"] != pytest.approx(rows[0]["wql"])
 
 
 def test_evaluate_cli_period(market_store, capsys: pytest.CaptureFixture[str]) -> None:

@@ -12,8 +12,11 @@ from fmtrade.metrics import (
     directional_accuracy,
     forecast_metrics,
     forecast_metrics_from_arrays,
+    pinball_per_row,
+    relative_wql,
     trading_metrics,
     weighted_quantile_loss,
+    wql_per_row,
 )
 from fmtrade.models.base import Forecast
 
@@ -27,6 +30,48 @@ def test_weighted_quantile_loss_by_hand() -> None:
     q = np.array([[[8.0, 10.0, 13.0]], [[1.0, 2.0, 3.0]]])
     y = np.array([[10.0], [4.0]])  # second row: QL 0.1*3 + 0.5*2 + 0.9*1 = 2.2
     assert weighted_quantile_loss(q, (0.1, 0.5, 0.9), y) == pytest.approx(2 * (0.5 + 2.2) / 3 / 14)
+
+
+def test_per_row_losses_are_the_terms_of_the_pooled_wql() -> None:
+    rng = np.random.default_rng(1)
+    y = 100 + rng.normal(0, 1, (40, 6))
+    q = np.sort(100 + rng.normal(0, 1, (40, 6, 3)), axis=-1)
+    levels = (0.1, 0.5, 0.9)
+    pooled = 2 * pinball_per_row(q, levels, y).sum() / (3 * np.abs(y).sum())
+    assert pooled == pytest.approx(weighted_quantile_loss(q, levels, y), rel=1e-9)
+    assert wql_per_row(q, levels, y)[0] == pytest.approx(weighted_quantile_loss(q[:1], levels, y[:1]), rel=1e-9)
+    y[3, 2] = np.nan
+    assert np.isnan(pinball_per_row(q, levels, y)[3]) and np.isfinite(pinball_per_row(q, levels, y)[4])
+
+
+def _random_walk_like(n: int, seed: int = 0) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """Realised ``[n, 4]``, a random walk's quantiles, and a model that knows half the next move."""
+    rng = np.random.default_rng(seed)
+    moves = rng.normal(0, 1, (n, 4))
+    y = 100 + moves
+    z = np.array([-1.2816, 0.0, 1.2816])
+    rw = 100 + np.broadcast_to(z, (n, 4, 3))
+    informed = 100 + 0.5 * moves[..., None] + np.sqrt(0.75) * z
+    return y, rw, informed
+
+
+def test_relative_wql_block_bootstrap_interval() -> None:
+    levels = (0.1, 0.5, 0.9)
+    y, rw, informed = _random_walk_like(300)
+    anchor = pinball_per_row(rw, levels, y)
+    same = relative_wql(pinball_per_row(rw.copy(), levels, y), anchor)
+    assert same["wql_rel_rw"] == 1.0 and same["wql_rel_ci_low"] <= 1.0 <= same["wql_rel_ci_high"]
+    better = relative_wql(pinball_per_row(informed, levels, y), anchor)
+    assert better["wql_rel_rw"] < 1.0 and better["wql_rel_ci_high"] < 1.0  # the interval excludes 1
+    assert better["wql_rel_ci_low"] < better["wql_rel_rw"] < better["wql_rel_ci_high"]
+    # Noise is not skill: a model no better than the random walk (another draw of its quantiles
+    # around a shifted centre) gets an interval that contains 1 or lies above it.
+    jittered = rw + np.random.default_rng(5).normal(0, 0.05, (300, 1, 1))
+    noise = relative_wql(pinball_per_row(jittered, levels, y), anchor)
+    assert noise["wql_rel_ci_high"] >= 1.0
+    assert relative_wql(anchor, anchor, seed=1) == relative_wql(anchor, anchor, seed=1)
+    with pytest.raises(InputError, match="model"):
+        relative_wql(anchor[:5], anchor)
 
 
 def test_point_metrics_mase_and_coverage_by_hand() -> None:

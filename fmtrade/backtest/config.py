@@ -46,6 +46,7 @@ class BacktestConfig:
     target_volatility: float = _BT.target_volatility
     max_leverage: float = _BT.max_leverage
     quantile_levels: tuple[float, ...] = DEFAULT_QUANTILES
+    calibrate: bool | None = None  # recalibrate every model (True/False); None: each registry entry's flag
 
     def __post_init__(self) -> None:
         for name in ("context", "horizon", "rebalance"):

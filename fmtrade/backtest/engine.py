@@ -4,19 +4,24 @@ One ``Forecaster.forecast`` call per ``batch_size`` windows (the model chunks fu
 own ``max_batch_size``) instead of one call per window. Each row carries its window's seed
 (:func:`fmtrade.backtest.windows.window_seed`), so a row's forecast does not depend on which
 batch or worker it lands in: batched results equal the one-call-per-window loop.
+:func:`walk_forward` then turns one asset's raw forecasts into the ones traded: recalibrated and
+combined into the online-weighted ensemble (:mod:`fmtrade.walkforward`), each rebalance point
+from the errors of points whose horizon had ended before it.
 """
 
 from __future__ import annotations
 
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
 
 import numpy as np
 
 from fmtrade.backtest.config import BacktestConfig
 from fmtrade.backtest.market import Market
-from fmtrade.backtest.windows import Windows, contexts, covariates
+from fmtrade.backtest.windows import Windows, contexts, covariates, realized
+from fmtrade.calibration import Outcomes
 from fmtrade.models.base import Covariates, Forecast, Forecaster
+from fmtrade.walkforward import WalkForward
 
 Progress = Callable[[int], None]
 
@@ -91,3 +96,13 @@ def forecast_assets(
     batch = collect_windows(assets, config.context, model.covariates)
     forecast = forecast_batched(model, batch, config.horizon, config.quantile_levels, batch_size, progress)
     return split_by_asset(forecast, batch.spans)
+
+
+def walk_forward(
+    market: Market, windows: Windows, forecasts: Mapping[str, Forecast], config: BacktestConfig, walk: WalkForward
+) -> dict[str, Forecast]:
+    """One asset's forecasts as traded: ``walk`` applied with the outcomes of its rebalance points (a
+    point's target is known ``horizon`` bars after it; points whose horizon runs past the span never
+    inform another)."""
+    outcomes = Outcomes.on_grid(windows.points, config.horizon, realized(market, windows, config.horizon))
+    return walk.apply(forecasts, outcomes)

@@ -37,6 +37,9 @@ def backtest(
     category: str = CATEGORY_OPTION,
     interval: str = INTERVAL_OPTION,
     seed: int = typer.Option(0, "--seed", help="Seed of every sampling model's per-window seeds."),
+    calibrate: bool = typer.Option(
+        None, "--calibrate/--no-calibrate", help="Recalibrate every model (default: each registry entry's calibrate)."
+    ),
     out: str = typer.Option(None, "--out", help="Run directory (default: <runs dir>/backtest-...)."),
     address: str = ADDRESS_OPTION,
     store: str = STORE_OPTION,
@@ -51,7 +54,7 @@ def backtest(
     job = prepare(
         settings(), split_csv(symbols, "--symbols"), split_csv(models, "--models") or None, store,
         start=start, end=end, context=context, horizon=horizon, rebalance=rebalance, strategy=strategy,
-        category=category, interval=interval, seed=seed,
+        category=category, interval=interval, seed=seed, calibrate=calibrate,
     )  # fmt: skip
     run, path = run_and_write(job, out, address)
     if json_out:

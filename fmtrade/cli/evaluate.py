@@ -17,6 +17,7 @@ from typing import Any
 import pandas as pd
 import typer
 
+from fmtrade.calibration import Conformal
 from fmtrade.cli.common import (
     ADDRESS_OPTION,
     CATEGORY_OPTION,
@@ -38,19 +39,20 @@ from fmtrade.ensemble import ENSEMBLE_NAME
 from fmtrade.evaluation import ROW_KEYS, EvalParams, check_horizon, cut_windows, evaluate_symbol
 from fmtrade.forecasting import RANDOM_WALK
 from fmtrade.models.registry import ModelSpec, active_specs, build_forecaster, select_specs
+from fmtrade.walkforward import WalkForward
 
 log = logging.getLogger(__name__)
 
 
-def _specs(names: list[str]) -> tuple[list[ModelSpec], list[ModelSpec]]:
-    """(the requested specs: the ensemble's members, the specs scored: those plus the random
-    walk, the honest anchor, added as a reference when not requested)."""
+def _specs(names: list[str]) -> list[ModelSpec]:
+    """The requested specs plus the random walk, the honest anchor (added when not requested): all
+    are scored and all are ensemble members (the online weights fall back to the random walk)."""
     specs = active_specs(settings())
     wanted = select_specs(specs, [n for n in names if n != ENSEMBLE_NAME] or None)
     if any(s.name == RANDOM_WALK for s in wanted):
-        return wanted, wanted
+        return wanted
     anchor = {s.name: s for s in specs}.get(RANDOM_WALK) or ModelSpec(name=RANDOM_WALK, adapter=RANDOM_WALK)
-    return wanted, [*wanted, anchor]
+    return [*wanted, anchor]
 
 
 def _ray_address(address: str | None, cfg: Settings) -> str | None:
@@ -64,16 +66,15 @@ def _ray_address(address: str | None, cfg: Settings) -> str | None:
 
 
 def _evaluate_here(
-    series: Mapping[str, pd.Series], specs: list[ModelSpec], cfg: Settings, params: EvalParams,
-    weights: Mapping[str, float],
-) -> list[dict[str, Any]]:  # fmt: skip
+    series: Mapping[str, pd.Series], specs: list[ModelSpec], cfg: Settings, params: EvalParams, walk: WalkForward
+) -> list[dict[str, Any]]:
     """Rows of every symbol, scored in this process with each model loaded once."""
     forecasters = {spec.name: build_forecaster(spec, cfg) for spec in specs}
     check_horizon(forecasters, params.horizon)
     rows = []
     for symbol, closes in series.items():
         began = time.perf_counter()
-        rows.extend(evaluate_symbol(symbol, closes, forecasters, params, weights))
+        rows.extend(evaluate_symbol(symbol, closes, forecasters, params, walk))
         log.info("evaluated %s in %.1fs", symbol, time.perf_counter() - began)
     return rows
 
@@ -86,34 +87,46 @@ def evaluate(
     stride: int = typer.Option(24, "--stride", help="Bars between consecutive forecast origins."),
     start: str = typer.Option(None, "--start", help="First bar a scored target may cover (UTC)."),
     end: str = typer.Option(None, "--end", help="Last bar a scored target may cover (UTC)."),
+    warmup: int = typer.Option(
+        None,
+        "--warmup",
+        help="Unscored windows before --start that give calibration and weights a record "
+        "(default: the conformal window).",
+    ),
+    calibrate: bool = typer.Option(
+        None, "--calibrate/--no-calibrate", help="Recalibrate every model (default: each registry entry's calibrate)."
+    ),
     category: str = CATEGORY_OPTION,
     interval: str = INTERVAL_OPTION,
     address: str = ADDRESS_OPTION,
     store: str = STORE_OPTION,
     json_out: bool = JSON_OPTION,
 ) -> None:
-    """Score every model, their ensemble and the random walk on the same walk-forward windows
-    (one Ray task per symbol with --address; in this process by default)."""
+    """Score every model, their online-weighted ensemble and the random walk on the same walk-forward
+    windows, each model's WQL against the random walk's with a 95% block-bootstrap interval (one Ray
+    task per symbol with --address; in this process by default)."""
     cfg = settings()
     category, interval = market(category, interval)
-    params = EvalParams(context, horizon, stride, to_utc(start, "start"), to_utc(end, "end"))
+    warmup = Conformal().window if warmup is None else warmup
+    params = EvalParams(context, horizon, stride, to_utc(start, "start"), to_utc(end, "end"), warmup=warmup)
     names = split_csv(symbols, "--symbols")
-    members, specs = _specs(split_csv(models, "--models"))
+    specs = _specs(split_csv(models, "--models"))
     # Validate everything cheap before loading any model: data exist and hold at least one window.
     data_store = Store(cfg.store_uri(store))
-    lookback = None if params.start is None else params.start - interval_offset(interval) * params.context
+    bars_back = params.context + params.warmup * params.stride
+    lookback = None if params.start is None else params.start - interval_offset(interval) * bars_back
     series = {}
     for symbol in dict.fromkeys(names):
         series[symbol] = load_closes(data_store, symbol, interval, category, lookback, params.end)
         cut_windows(series[symbol], params, symbol)
-    weights = {spec.name: spec.weight for spec in members}
+    walk = WalkForward.from_registry(specs, cfg, calibrate=calibrate)
     ray_address = _ray_address(address, cfg)
     if ray_address is None:
-        rows = _evaluate_here(series, specs, cfg, params, weights)
+        rows = _evaluate_here(series, specs, cfg, params, walk)
     else:
         from fmtrade.jobs.evaluate import run_evaluate_job
 
-        rows = run_evaluate_job(series, specs, cfg, params, weights, ray_address)
+        rows = run_evaluate_job(series, specs, cfg, params, walk, ray_address)
     if json_out:
         emit_json(rows)
         return
