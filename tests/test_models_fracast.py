@@ -13,6 +13,7 @@ import pandas as pd
 import pytest
 import torch
 
+from fmtrade.config import load_settings
 from fmtrade.data.sample import sample_file
 from fmtrade.errors import InputError
 from fmtrade.models.checkpoints import ModelLoadError
@@ -24,16 +25,8 @@ from fmtrade.models.fracast import (
     bundled_weights,
     verify_release,
 )
-from fmtrade.training import LoraParams, TrainingRun, load_for_training
-
-
-@pytest.fixture(autouse=True)
-def one_thread() -> None:
-    """These small models run fastest single-threaded on a shared 2-core machine."""
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
+from fmtrade.models.zoo import build_zoo
+from fmtrade.training import LoraParams, TrainingRun, load_for_training, zoo_pretrainer
 
 
 @pytest.fixture(scope="module")
@@ -56,6 +49,13 @@ def test_the_zoo_copy_is_the_verified_release(release: Path) -> None:
     verify_release(bundled_weights())  # the installed wheel is the pinned release
     assert sorted(p.name for p in release.iterdir()) == sorted([*RELEASE_SHA256, RELEASE_FILE])
     assert json.loads((release / RELEASE_FILE).read_text())["version"] == "0.1.0"
+
+
+def test_models_build_copies_the_release_and_never_pretrains_it() -> None:
+    settings = load_settings()
+    [row] = build_zoo(settings, only=["fracast-0"], post_build=zoo_pretrainer(10.0))
+    assert row["status"] == "built" and row["seconds"] < 60  # not ten minutes of pretraining
+    verify_release(settings.zoo_dir() / "fracast-0")  # byte for byte the published weights
 
 
 @pytest.mark.parametrize("name", sorted(RELEASE_SHA256))

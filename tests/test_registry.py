@@ -22,7 +22,14 @@ from fmtrade.models.registry import (
     select_specs,
 )
 
-ZOO = {"chronos-fm-tiny", "chronos-bolt-fm-tiny", "chronos2-fm-tiny", "timesfm-fm-tiny", "lagllama-fm-tiny"}
+ZOO = {
+    "chronos-fm-tiny",
+    "chronos-bolt-fm-tiny",
+    "chronos2-fm-tiny",
+    "timesfm-fm-tiny",
+    "lagllama-fm-tiny",
+    "fracast-0",
+}
 BASELINES = {"random-walk", "naive", "seasonal-naive", "auto-ets", "theta", "auto-arima"}
 
 

@@ -33,11 +33,12 @@ import hashlib
 import json
 import shutil
 from pathlib import Path
-from typing import Any, ClassVar
+from typing import Any, ClassVar, cast
 
 import numpy as np
 import torch
 from fracast import FracastModel
+from fracast._core.gather_head import GatherQuantileHead
 from fracast.inference import _resolve_model_dir
 from safetensors.torch import save_file
 
@@ -109,10 +110,13 @@ class FracastNetwork(torch.nn.Module):
     """The package's encoder and head as one module (peft, the trainers and the base class need one),
     shared with the package's ``FracastModel``: forecasts and training run the same weights."""
 
+    core: torch.nn.Module
+    head: GatherQuantileHead
+
     def __init__(self, model: FracastModel) -> None:
         super().__init__()
         self.core = model.core
-        self.head = model.head
+        self.head = cast(GatherQuantileHead, model.head)  # the only head the release ships
 
     def forward(self, values: torch.Tensor, valid: torch.Tensor) -> torch.Tensor:
         """Normalised context ``[B, 1, W]`` and its observed mask -> quantiles ``[B, H, Q]`` (normalised),
