@@ -16,9 +16,13 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+import pandas as pd
+
 from fmtrade.data.corpus import CorpusParams, corpus_sources, parse_corpus
+from fmtrade.data.store import iso
 from fmtrade.errors import InputError
 from fmtrade.jobs.ray_runtime import init_ray
+from fmtrade.models.checkpoints import stamp_of
 from fmtrade.models.recipes import stamp_recipe
 from fmtrade.models.registry import zoo_builder
 from fmtrade.models.zoo import SIZES
@@ -49,6 +53,8 @@ class PretrainParams:
     interval: str = "60"
     category: str = "linear"
     storage: str = "."
+    until: pd.Timestamp | None = None  # stored bars strictly before it
+    init: Path | None = None  # continue from this checkpoint instead of seeded weights
     max_failures: int = 1
     fail_at_step: int | None = None
     fail_marker: str | None = None
@@ -61,7 +67,17 @@ class PretrainParams:
             raise InputError("steps", "give exactly one of --steps or --minutes")
         if Path(self.out).exists():
             raise InputError("out", f"{self.out} already exists; choose a new directory")
+        if self.init is not None and not Path(self.init).is_dir():
+            raise InputError("init", f"{self.init} is not a checkpoint directory")
         parse_corpus(self.corpus)
+
+
+def _seeded(params: PretrainParams, out: Path) -> Path:
+    """The zoo architecture at ``params.size`` with seeded initial weights."""
+    builder = zoo_builder(params.arch)
+    if builder is None:
+        raise InputError("arch", f"{params.arch} has no zoo builder to initialise its weights")
+    return Path(builder(out, size=params.size, seed=params.seed))
 
 
 def pretrain(params: PretrainParams, address: str | None = "local") -> dict[str, Any]:
@@ -70,14 +86,11 @@ def pretrain(params: PretrainParams, address: str | None = "local") -> dict[str,
     started = time.perf_counter()
     init_ray(address)
     with tempfile.TemporaryDirectory(prefix="fmtrade-pretrain-") as scratch:
-        builder = zoo_builder(params.arch)
-        if builder is None:
-            raise InputError("arch", f"{params.arch} has no zoo builder to initialise its weights")
-        initial = builder(Path(scratch) / "initial", size=params.size, seed=params.seed)
+        initial = params.init or _seeded(params, Path(scratch) / "initial")
         geometry = TrainingRun(load_for_training(params.arch, str(initial))).geometry
         spec = WindowSpec(
             geometry, params.corpus_params, store_root=params.store, interval=params.interval,
-            category=params.category,
+            category=params.category, until=params.until,
         )  # fmt: skip
         train, val = window_datasets(corpus_sources(params.corpus, params.corpus_params), spec)
         cfg = LoopConfig(
@@ -91,10 +104,15 @@ def pretrain(params: PretrainParams, address: str | None = "local") -> dict[str,
             storage=params.storage, max_failures=params.max_failures,
         )  # fmt: skip
         checkpoint = publish_model(final_checkpoint(result), Path(params.out))
-        stamp_recipe(checkpoint, params.arch, params.size, params.seed)  # the zoo builder's architecture
-    metrics = summary(result)
+        metrics = summary(result)
+        steps_total = metrics["step"] + (stamp_of(params.init).get("steps_total", 0) if params.init else 0)
+        # the zoo builder's architecture, and how many steps trained it across --init continuations
+        stamp_recipe(checkpoint, params.arch, params.size, params.seed, steps_total=steps_total)
     return {
         "checkpoint": str(checkpoint), "arch": params.arch, "size": params.size, "steps": metrics["step"],
+        "steps_total": steps_total,
+        "corpus": ",".join(params.corpus), "until": None if params.until is None else iso(params.until),
+        "init": None if params.init is None else str(params.init), "seed": params.seed,
         "train_loss_first": metrics["train_loss_first"], "train_loss_last": metrics["train_loss_last"],
         "val_loss_first": metrics["val_loss_first"], "val_loss_last": metrics["val_loss"],
         "workers": params.workers, "samples_per_s": metrics["samples_per_s"],

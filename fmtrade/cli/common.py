@@ -45,6 +45,13 @@ INTERVAL_OPTION = typer.Option(
 )
 SYMBOLS_OPTION = typer.Option(..., "--symbols", help="Comma-separated symbols, e.g. BTCUSDT,ETHUSDT.")
 SYMBOL_OPTION = typer.Option(..., "--symbol", help="Symbol, e.g. BTCUSDT.")
+PRETRAIN_MINUTES_OPTION = typer.Option(
+    None,
+    "--pretrain-minutes",
+    min=0.0,
+    help="Build each zoo model from seeded weights and pretrain it this long in this process on synthetic + "
+    "KernelSynth series (0: seeded random weights). Default: copy the pretrained checkpoints the package ships.",
+)
 ADDRESS_OPTION = typer.Option(
     None,
     "--address",
@@ -97,6 +104,15 @@ def market(category: str | None, interval: str | None) -> tuple[str, str]:
         check_category(category or data.category, "--category"),
         check_interval(interval or data.interval, "--interval"),
     )
+
+
+def zoo_build_options(pretrain_minutes: float | None, seed: int) -> dict[str, Any]:
+    """``build_zoo`` keyword arguments for ``--pretrain-minutes``: the shipped checkpoints when not given."""
+    from fmtrade.training import zoo_pretrainer
+
+    if pretrain_minutes is None:
+        return {"use_shipped": True, "post_build": None}
+    return {"use_shipped": False, "post_build": zoo_pretrainer(pretrain_minutes, seed)}
 
 
 def split_csv(value: str | None, field: str) -> list[str]:

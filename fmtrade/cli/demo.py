@@ -3,7 +3,8 @@
 1. data: import the real-market sample shipped in the package (``--synthetic``: synthesise a
    market instead), serve it through the Bybit-compatible replay server, sync it back through
    the real Bybit client into a store, check the copy (:mod:`fmtrade.demo`);
-2. models: build the local zoo if missing, pretrained for ``--pretrain-minutes`` per model;
+2. models: build the local zoo if missing: the shipped pretrained checkpoints, or with
+   ``--pretrain-minutes`` seeded weights pretrained that long per model;
 3. backtest: the Ray walk-forward job over the last ``--backtest-days`` of the data across the
    symbols with every zoo model, the baselines, the ensemble, the random walk and buy-and-hold;
    prints the table and writes the HTML report;
@@ -21,7 +22,16 @@ from pathlib import Path
 import pandas as pd
 import typer
 
-from fmtrade.cli.common import JSON_OPTION, emit_json, log, print_table, settings, split_csv
+from fmtrade.cli.common import (
+    JSON_OPTION,
+    PRETRAIN_MINUTES_OPTION,
+    emit_json,
+    log,
+    print_table,
+    settings,
+    split_csv,
+    zoo_build_options,
+)
 from fmtrade.cli.data import progress_bar
 
 
@@ -32,9 +42,7 @@ def demo(
     synthetic: bool = typer.Option(False, "--synthetic", help="A seeded synthetic market instead of the real sample."),
     hours: int = typer.Option(4000, "--hours", min=600, help="Hourly bars per synthetic symbol."),
     seed: int = typer.Option(0, "--seed"),
-    pretrain_minutes: float = typer.Option(
-        1.0, "--pretrain-minutes", min=0.0, help="Pretraining per zoo model when the zoo is built (0: none)."
-    ),
+    pretrain_minutes: float = PRETRAIN_MINUTES_OPTION,
     backtest_days: int = typer.Option(90, "--backtest-days", min=2, help="Days simulated at the end of the data."),
     serve_step: bool = typer.Option(True, "--serve/--no-serve", help="Run the Ray Serve step."),
     workdir: str = typer.Option(None, "--workdir", help="Keep the stores here (default: a temporary directory)."),
@@ -49,7 +57,6 @@ def demo(
     from fmtrade.jobs.backtest import prepare, run_and_write
     from fmtrade.jobs.ray_runtime import start_local_ray
     from fmtrade.models.zoo import build_zoo
-    from fmtrade.training import zoo_pretrainer
 
     cfg = settings()
     market = DemoMarket(synthetic, tuple(split_csv(symbols, "--symbols")), hours, seed)
@@ -64,8 +71,9 @@ def demo(
               f"1. data: {'synthetic' if synthetic else 'real'} market replayed via {data.replay_url} and synced back",
               )  # fmt: skip
 
-        log.info("2. models: building missing zoo checkpoints (pretraining %.1f min each)", pretrain_minutes)
-        report["zoo"] = build_zoo(cfg, seed=seed, post_build=zoo_pretrainer(pretrain_minutes, seed))
+        how = "shipped" if pretrain_minutes is None else f"pretrained {pretrain_minutes:g} min each"
+        log.info("2. models: building missing zoo checkpoints (%s)", how)
+        report["zoo"] = build_zoo(cfg, seed=seed, **zoo_build_options(pretrain_minutes, seed))
         _show(as_json, report["zoo"], ["name", "family", "status", "seconds"], f"2. model zoo {cfg.zoo_dir()}")
 
         start_local_ray()  # the backtest's; the service step starts and stops its own (see forecast_via_service)

@@ -5,7 +5,15 @@ from __future__ import annotations
 import typer
 from rich.console import Console
 
-from fmtrade.cli.common import JSON_OPTION, emit_json, print_table, settings, split_csv
+from fmtrade.cli.common import (
+    JSON_OPTION,
+    PRETRAIN_MINUTES_OPTION,
+    emit_json,
+    print_table,
+    settings,
+    split_csv,
+    zoo_build_options,
+)
 from fmtrade.models.zoo import build_zoo, list_models
 
 app = typer.Typer(help="The model registry and the local model zoo.", no_args_is_help=True)
@@ -27,26 +35,15 @@ def build_command(
     only: str = typer.Option(None, "--only", help="Comma-separated zoo model names (default: all)."),
     force: bool = typer.Option(False, "--force", help="Rebuild checkpoints that already exist."),
     seed: int = typer.Option(0, "--seed", help="Seed of the initial weights."),
-    pretrain_minutes: float = typer.Option(
-        2.0,
-        "--pretrain-minutes",
-        min=0.0,
-        help="Pretrain each new model this long on synthetic + KernelSynth series (0: seeded random weights).",
-    ),
+    pretrain_minutes: float = PRETRAIN_MINUTES_OPTION,
     json_out: bool = JSON_OPTION,
 ) -> None:
-    """Build the zoo checkpoints (seeded initial weights, each family's native on-disk format),
-    optionally pretrained in this process (``fmtrade pretrain`` is the Ray Train job)."""
-    from fmtrade.training import zoo_pretrainer
-
+    """Build the zoo: copy the pretrained checkpoints the package ships (seconds), or with
+    --pretrain-minutes build each from seeded weights and pretrain it in this process
+    (``fmtrade pretrain`` is the Ray Train job)."""
     with Console(stderr=True).status("building the model zoo"):
-        rows = build_zoo(
-            settings(),
-            only=split_csv(only, "--only") or None,
-            seed=seed,
-            force=force,
-            post_build=zoo_pretrainer(pretrain_minutes, seed),
-        )
+        rows = build_zoo(settings(), only=split_csv(only, "--only") or None, seed=seed, force=force,
+                         **zoo_build_options(pretrain_minutes, seed))  # fmt: skip
     if json_out:
         emit_json(rows)
         return

@@ -41,6 +41,12 @@ def pretrain(
     lr: float = typer.Option(1e-3, "--lr", help="AdamW learning rate."),
     seed: int = typer.Option(None, "--seed", help="Initial weights and data seed (default: train.seed)."),
     storage: str = typer.Option(None, "--storage", help="Ray Train storage (path or s3://); default train storage."),
+    until: str = typer.Option(
+        None, "--until", help="Train on stored bars strictly before this date or ISO time (UTC); e.g. 2022-12-31."
+    ),
+    init: Path = typer.Option(
+        None, "--init", help="Continue from this checkpoint (a previous --out) instead of seeded weights."
+    ),
     store: str = STORE_OPTION,
     interval: str = INTERVAL_OPTION,
     category: str = CATEGORY_OPTION,
@@ -58,6 +64,7 @@ def pretrain(
         corpus=tuple(split_csv(corpus, "--corpus")), batch_size=batch_size, lr=lr,
         seed=cfg.train.seed if seed is None else seed, store=cfg.store_uri(store),
         interval=interval, category=category, storage=storage or cfg.train_storage(),
+        until=to_utc(until, "until"), init=init,
     )  # fmt: skip
     result = run_pretrain(params, cfg.cluster.address)
     if json_out:

@@ -1,23 +1,29 @@
 """Where a model's weights come from: a local directory (the zoo) or a hub id.
 
 Loading always goes through the model library's own ``from_pretrained``; this
-module only decides which string to hand it and turns a failed hub download
-into a message that points at the offline zoo instead of falling back silently.
+module only decides which string to hand it, refuses a local checkpoint whose weight
+files differ from the sha256 its stamp records (shipped checkpoints carry them), and
+turns a failed hub download into a message that points at the offline zoo instead of
+falling back silently.
 """
 
 from __future__ import annotations
 
+import hashlib
+import json
 import sys
 from collections.abc import Callable
 from pathlib import Path
-from typing import TYPE_CHECKING, TypeVar
+from typing import TYPE_CHECKING, Any, TypeVar
 
 from fmtrade.errors import FmtradeError, InputError
+from fmtrade.models.recipes import RECIPE_FILE
 
 if TYPE_CHECKING:  # torch is imported by the model adapters, not by registry listing
     import torch
 
 T = TypeVar("T")
+WEIGHT_SUFFIXES = (".safetensors", ".bin", ".pt", ".pth")
 
 
 class ModelLoadError(FmtradeError):
@@ -28,6 +34,33 @@ def is_local(checkpoint: str) -> bool:
     """Paths (absolute, relative, ~) are local; ``owner/name`` that does not exist on disk is a hub id."""
     path = Path(checkpoint).expanduser()
     return path.exists() or checkpoint.startswith((".", "/", "~"))
+
+
+def sha256(path: Path) -> str:
+    return hashlib.sha256(path.read_bytes()).hexdigest()
+
+
+def weight_hashes(checkpoint: Path) -> dict[str, str]:
+    """``{file name: sha256}`` of every weight file of a checkpoint directory."""
+    return {p.name: sha256(p) for p in sorted(checkpoint.iterdir()) if p.suffix in WEIGHT_SUFFIXES}
+
+
+def stamp_of(checkpoint: Path) -> dict[str, Any]:
+    """The zoo stamp of a checkpoint directory (``{}`` when it has none)."""
+    path = checkpoint / RECIPE_FILE
+    return json.loads(path.read_text()) if path.is_file() else {}
+
+
+def verify_hashes(checkpoint: Path) -> None:
+    """Refuse a checkpoint whose weight files differ from the sha256 its stamp records (none: no check)."""
+    expected = stamp_of(checkpoint).get("sha256") or {}
+    for name, digest in expected.items():
+        path = checkpoint / name
+        if not path.is_file() or sha256(path) != digest:
+            raise ModelLoadError(
+                f"{path}: sha256 does not match the checkpoint's record (damaged or replaced weights: "
+                "rebuild the zoo with `fmtrade models build --force`)"
+            )
 
 
 def progress_bars_only_on_a_terminal() -> None:
@@ -48,6 +81,8 @@ def load_with_hint(checkpoint: str, loader: Callable[[str], T], model: str) -> T
         raise ModelLoadError(
             f"{model}: checkpoint directory {source} does not exist; build the local zoo with `fmtrade models build`"
         )
+    if local and Path(source).is_dir():
+        verify_hashes(Path(source))
     progress_bars_only_on_a_terminal()
     try:
         return loader(source)

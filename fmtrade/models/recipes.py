@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import json
 from pathlib import Path
+from typing import Any
 
 from fmtrade.io import write_json_atomic
 
@@ -45,7 +46,8 @@ def is_outdated(family: str, checkpoint: Path) -> bool:
     return recipe_of(checkpoint) < current_recipe(family)
 
 
-def stamp_recipe(checkpoint: Path, family: str, size: str, seed: int) -> None:
-    """Record the current recipe of ``family`` in a checkpoint built from its zoo builder."""
-    stamp = {"recipe": current_recipe(family), "family": family, "size": size, "seed": seed}
+def stamp_recipe(checkpoint: Path, family: str, size: str, seed: int, **extra: Any) -> None:
+    """Record the current recipe of ``family`` in a checkpoint built from its zoo builder (``extra``:
+    how it was trained, e.g. ``steps_total``)."""
+    stamp = {"recipe": current_recipe(family), "family": family, "size": size, "seed": seed, **extra}
     write_json_atomic(checkpoint / RECIPE_FILE, stamp)

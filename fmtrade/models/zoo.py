@@ -3,9 +3,10 @@
 Every zoo model of the active registry profile (a spec whose checkpoint lives in
 ``settings.zoo_dir()`` and whose family has a builder) is written by its family's
 ``build_<family>_checkpoint`` in the family's native on-disk format, so the same
-``from_pretrained`` code that loads a hub checkpoint loads it. Builds start from
-seeded random weights; ``post_build`` lets a later step (pretraining) run on each
-freshly built checkpoint before it is published.
+``from_pretrained`` code that loads a hub checkpoint loads it. A model the package
+ships pretrained weights for (:mod:`fmtrade.models.shipped`) is copied in, its hashes
+checked; otherwise builds start from seeded random weights and ``post_build`` lets a
+later step (pretraining) run on each freshly built checkpoint before it is published.
 """
 
 from __future__ import annotations
@@ -32,6 +33,7 @@ from fmtrade.models.registry import (
     select_specs,
     zoo_builder,
 )
+from fmtrade.models.shipped import copy_shipped, shipped_checkpoint
 
 log = logging.getLogger(__name__)
 
@@ -77,9 +79,11 @@ def build_zoo(
     seed: int = 0,
     force: bool = False,
     post_build: PostBuild | None = None,
+    use_shipped: bool = True,
 ) -> list[dict[str, Any]]:
     """Build the zoo checkpoints (``only`` restricts by name); existing ones are kept unless ``force``
-    or an older family recipe built them (status ``rebuilt``).
+    or an older family recipe built them (status ``rebuilt``). With ``use_shipped`` a model the
+    package ships weights for is copied in (status ``shipped``) instead of built at ``size``.
 
     Each checkpoint is built (and post-processed) in a scratch directory beside the zoo
     and renamed into place, so a crash never leaves a half-written model behind.
@@ -109,25 +113,34 @@ def build_zoo(
         if replacing and not force and not outdated:
             report.append({**row, "status": "exists", "seconds": 0.0})
             continue
-        builder = zoo_builder(spec.adapter)
-        if builder is None:  # a custom adapter whose checkpoint names a directory in the zoo
-            raise ConfigError(f"{spec.name}: adapter {spec.adapter} has no zoo builder; fmtrade cannot build {target}")
         start = time.perf_counter()
         scratch = Path(tempfile.mkdtemp(prefix=f".{spec.name}.build-", dir=zoo))
         try:
-            built = Path(builder(scratch / spec.name, size=size, seed=seed))
-            if post_build is not None:
-                post_build(spec, built)
-            stamp_recipe(built, spec.family, size, seed)
+            if use_shipped and shipped_checkpoint(spec.name) is not None:
+                built, status = copy_shipped(spec.name, scratch / spec.name), "shipped"
+            else:
+                built, status = _build(spec, scratch / spec.name, size, seed, post_build), "built"
             publish_dir(built, target)
         finally:
             shutil.rmtree(scratch, ignore_errors=True)
         retired = retire_adapters(settings, spec.name) if replacing else None
         if retired is not None:
             row["adapters_retired"] = str(retired)
-        status = "rebuilt" if outdated else "built"
+        status = "rebuilt" if outdated and status == "built" else status
         report.append({**row, "status": status, "seconds": round(time.perf_counter() - start, 2)})
     return report
+
+
+def _build(spec: ModelSpec, out: Path, size: str, seed: int, post_build: PostBuild | None) -> Path:
+    """Seeded initial weights in the family's native format, then ``post_build``, then the recipe stamp."""
+    builder = zoo_builder(spec.adapter)
+    if builder is None:  # a custom adapter whose checkpoint names a directory in the zoo
+        raise ConfigError(f"{spec.name}: adapter {spec.adapter} has no zoo builder; fmtrade cannot build {out.name}")
+    built = Path(builder(out, size=size, seed=seed))
+    if post_build is not None:
+        post_build(spec, built)
+    stamp_recipe(built, spec.family, size, seed)
+    return built
 
 
 def list_models(settings: Settings) -> list[dict[str, Any]]:
