@@ -17,10 +17,6 @@ class ModelSelection:
     ensemble: bool
 
     @property
-    def weights(self) -> dict[str, float]:
-        return {spec.name: spec.weight for spec in self.specs}
-
-    @property
     def names(self) -> list[str]:
         return [s.name for s in self.specs] + ([ENSEMBLE_NAME] if self.ensemble else [])
 
