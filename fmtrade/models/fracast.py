@@ -29,7 +29,6 @@ take the same path.
 
 from __future__ import annotations
 
-import hashlib
 import json
 import shutil
 from pathlib import Path
@@ -45,7 +44,7 @@ from safetensors.torch import save_file
 from fmtrade.errors import InputError
 from fmtrade.io import write_dir_atomic, write_json_atomic
 from fmtrade.models.base import NEURAL_WORKING_RANGE, Covariates, interpolate_quantiles
-from fmtrade.models.checkpoints import ModelLoadError
+from fmtrade.models.checkpoints import ModelLoadError, sha256
 from fmtrade.models.neural import NeuralForecaster
 from fmtrade.models.objective import MAX_TRAIN_CONTEXT, Objective
 
@@ -68,15 +67,11 @@ LORA_TARGET_MODULES: tuple[str, ...] = ("pw", "up", "down", "summary_proj", "out
 _SPAN_FLOOR = 1e-5
 
 
-def _sha256(path: Path) -> str:
-    return hashlib.sha256(path.read_bytes()).hexdigest()
-
-
 def verify_release(directory: Path) -> None:
     """Refuse ``directory`` unless its weights and config are byte for byte the pinned release's."""
     for name, expected in RELEASE_SHA256.items():
         path = directory / name
-        actual = _sha256(path) if path.is_file() else "missing"
+        actual = sha256(path) if path.is_file() else "missing"
         if actual != expected:
             raise ModelLoadError(
                 f"{path}: sha256 {actual} is not that of the Fracast-0 release in fracast=={FRACAST_VERSION} "
