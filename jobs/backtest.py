@@ -18,7 +18,7 @@ from __future__ import annotations
 import functools
 import logging
 from collections.abc import Callable, Mapping, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import TYPE_CHECKING, cast
 
@@ -107,8 +107,10 @@ def _resources(options: PoolOptions) -> dict:
 
 
 def check_models(factories: Mapping[str, ModelFactory], config: BacktestConfig, options: PoolOptions) -> dict:
-    """Each model's limits (loading failures and a horizon beyond a model's max fail here)."""
-    task = describe_model.options(**_resources(options))
+    """Each model's limits (loading failures and a horizon beyond a model's max fail here). A load is
+    CPU-bound and short, so these run a whole CPU each: fractional ones started more worker
+    processes at once than a small machine starts in parallel (Ray's raylet then warns)."""
+    task = describe_model.options(**_resources(replace(options, num_cpus=max(options.num_cpus, 1.0))))
     described = dict(zip(factories, get([task.remote(f) for f in factories.values()]), strict=True))
     for name, info in described.items():
         if config.horizon > info["max_horizon"]:

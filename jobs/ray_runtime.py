@@ -115,6 +115,10 @@ def check_reachable(address: str) -> None:
         raise ClusterUnreachable(reason) from None
 
 
+#: Worker processes an embedded Ray starts in parallel (its default is the machine's cores).
+EMBEDDED_STARTUP_CONCURRENCY = 8
+
+
 def init_ray(address: str | None = "local", num_cpus: int | None = None, **kwargs: Any) -> None:
     """Connect to (or start) Ray once; ``num_cpus`` sizes an embedded Ray only."""
     if ray.is_initialized():
@@ -126,6 +130,10 @@ def init_ray(address: str | None = "local", num_cpus: int | None = None, **kwarg
         check_reachable(os.environ["RAY_ADDRESS"])
         ray.init(**{k: v for k, v in kwargs.items() if k != "include_dashboard"})
     elif address in (None, "local"):
+        # Ray expects at most min(cores, num_cpus) worker processes starting at once and warns through
+        # the driver ("(raylet) WARNING: 8 PYTHON worker processes ...") at four times that: on a 2-core
+        # machine a Serve application of a dozen replicas crossed it whenever the machine was busy.
+        kwargs.setdefault("_system_config", {"worker_maximum_startup_concurrency": EMBEDDED_STARTUP_CONCURRENCY})
         ray.init(address="local", num_cpus=num_cpus, **kwargs)
     else:
         check_reachable(address)

@@ -59,7 +59,7 @@ def test_models_build_copies_the_shipped_checkpoint_and_a_damaged_one_is_refused
     tmp_path, shipped_dir, isolated_home
 ) -> None:
     shipped.ship(build_chronos_bolt_checkpoint(tmp_path / "trained", seed=3), NAME, training(1.0))
-    [row] = build_zoo(load_settings(), only=[NAME])
+    [row] = build_zoo(load_settings(), only=[NAME], use_shipped=True)
     assert row["status"] == "shipped"
     zoo_copy = Path(row["checkpoint"])
     spec = next(s for s in active_specs(load_settings()) if s.name == NAME)
@@ -72,7 +72,7 @@ def test_models_build_copies_the_shipped_checkpoint_and_a_damaged_one_is_refused
     weights.write_bytes(bytes(data))
     with pytest.raises(ModelLoadError, match="model.safetensors: sha256 does not match"):
         build_forecaster(spec, load_settings())
-    [rebuilt] = build_zoo(load_settings(), only=[NAME], force=True)
+    [rebuilt] = build_zoo(load_settings(), only=[NAME], force=True, use_shipped=True)
     assert rebuilt["status"] == "shipped"
     verify_hashes(zoo_copy)
 

@@ -44,7 +44,7 @@ def test_pretrain_resumes_after_a_worker_dies_and_writes_a_loadable_checkpoint(t
     assert result["steps"] == 12
     assert result["val_loss_last"] < result["val_loss_first"]
     stamp = json.loads((Path(result["checkpoint"]) / RECIPE_FILE).read_text())  # zoo-loadable by its name
-    assert stamp == {"recipe": 1, "family": "lagllama", "size": "tiny", "seed": 0}
+    assert stamp == {"recipe": 1, "family": "lagllama", "size": "tiny", "seed": 0, "steps_total": 12}
     model = LagLlamaForecaster("pretrained", result["checkpoint"], device="cpu", num_samples=20)
     forecast = model.forecast([np.linspace(100.0, 120.0, 800)], 24, seeds=[0])
     assert forecast.quantiles.shape == (1, 24, 9)

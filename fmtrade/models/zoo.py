@@ -79,7 +79,7 @@ def build_zoo(
     seed: int = 0,
     force: bool = False,
     post_build: PostBuild | None = None,
-    use_shipped: bool = True,
+    use_shipped: bool = False,
 ) -> list[dict[str, Any]]:
     """Build the zoo checkpoints (``only`` restricts by name); existing ones are kept unless ``force``
     or an older family recipe built them (status ``rebuilt``). With ``use_shipped`` a model the
