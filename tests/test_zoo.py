@@ -18,7 +18,14 @@ from fmtrade.models.registry import active_specs, build_forecaster
 from fmtrade.models.zoo import adapter_dir, build_zoo, list_models, zoo_specs
 from tests.conftest import run_cli
 
-ZOO = ["chronos-fm-tiny", "chronos-bolt-fm-tiny", "chronos2-fm-tiny", "timesfm-fm-tiny", "lagllama-fm-tiny", "fracast-0"]
+ZOO = [
+    "chronos-fm-tiny",
+    "chronos-bolt-fm-tiny",
+    "chronos2-fm-tiny",
+    "timesfm-fm-tiny",
+    "lagllama-fm-tiny",
+    "fracast-0",
+]
 
 
 @pytest.mark.slow
