@@ -1,5 +1,5 @@
-"""`fmtrade demo` end to end, as `make demo` runs it on the shipped real sample (two of its symbols and
-zoo pretraining off to keep it short); the synthetic market runs in tests/test_packaging.py."""
+"""`fmtrade demo` end to end, as `make demo` runs it: the shipped real sample (two of its symbols, to keep it
+short) and the shipped zoo; the synthetic market runs in tests/test_packaging.py."""
 
 from __future__ import annotations
 
@@ -10,13 +10,14 @@ from pathlib import Path
 
 import pytest
 
+from fmtrade.models.shipped import shipped_checkpoint
+
 pytestmark = pytest.mark.slow
 
 
 def test_demo_runs_data_models_backtest_and_serve(isolated_home: Path, tmp_path: Path) -> None:
     done = subprocess.run(
-        [sys.executable, "-m", "fmtrade", "demo", "--symbols", "BTCUSDT,XRPUSDT", "--pretrain-minutes", "0",
-         "--backtest-days", "4", "--json"],
+        [sys.executable, "-m", "fmtrade", "demo", "--symbols", "BTCUSDT,XRPUSDT", "--backtest-days", "4", "--json"],
         capture_output=True, text=True, timeout=900,
     )  # fmt: skip
     assert done.returncode == 0, done.stderr[-3000:]
@@ -32,8 +33,10 @@ def test_demo_runs_data_models_backtest_and_serve(isolated_home: Path, tmp_path:
 
     built = {row["name"]: row["status"] for row in report["zoo"]}
     assert set(built) == {"chronos-fm-tiny", "chronos-bolt-fm-tiny", "chronos2-fm-tiny", "timesfm-fm-tiny",
-                          "lagllama-fm-tiny"}  # fmt: skip
+                          "lagllama-fm-tiny", "fracast-0"}  # fmt: skip
     assert all((isolated_home / "zoo" / name / "config.json").is_file() for name in built)
+    shipped = {name for name in built if shipped_checkpoint(name) is not None}
+    assert all(built[name] == ("shipped" if name in shipped else "built") for name in built)
 
     rows = report["backtest"]["summary"]
     models = {r["model"] for r in rows}
