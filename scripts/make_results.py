@@ -189,7 +189,7 @@ def render(evaluation: list[dict], finetunes: dict[str, dict], backtest: list[di
                   "parameters)", "", table(result["table"], FINETUNE_COLUMNS), ""]  # fmt: skip
     parts += ["## Trading backtest, 2023, after costs (`fmtrade backtest`)", "",
               "Walk-forward over 2023 with the default strategy and costs (taker fee and slippage), each model",
-              "trading its own forecast, the calibrated ensemble, the random walk (never trades) and buy-and-hold.",
+              "trading its own forecast, the calibrated ensemble, the random walk and buy-and-hold.",
               ""]  # fmt: skip
     for symbol in symbols:
         parts += [f"### {symbol}", "", table(by_symbol(backtest, symbol), BACKTEST_COLUMNS), ""]
