@@ -9,10 +9,8 @@ so the cluster runs exactly the code on the laptop.
 from __future__ import annotations
 
 import os
-import shutil
 import tempfile
 import time
-import tomllib
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -20,6 +18,7 @@ from ray.exceptions import AuthenticationError
 from ray.job_submission import JobStatus, JobSubmissionClient
 
 from fmtrade.cluster.local import ClusterError
+from fmtrade.cluster.package import is_checkout, package_folders, stage
 
 TOKEN_FILE = Path("~/.ray/auth_token").expanduser()
 UPLOAD_EXCLUDES = [".venv/", ".git/", "runs/", "**/__pycache__/", ".pytest_cache/", ".ruff_cache/", "*.egg-info/"]
@@ -46,7 +45,7 @@ def submit(
         package = _package_dir(root, Path(staging))
         # The checkout's own code folders stay behind: the job's cwd comes first on sys.path and a
         # bare fmtrade/ there would hide the package (and its fmtrade.serve, ...) shipped in py_modules.
-        layer_dirs = [f"/{d}/" for d in _package_dirs(root).values()] if _is_checkout(root) else []
+        layer_dirs = [f"/{d}/" for d in package_folders(root).values()] if is_checkout(root) else []
         runtime_env: dict = {"working_dir": str(root), "excludes": UPLOAD_EXCLUDES + layer_dirs,
                              "py_modules": [str(package)]}  # fmt: skip
         if env_vars:
@@ -71,28 +70,12 @@ def submit(
     return JobResult(job_id, status.value, client.get_job_logs(job_id))
 
 
-def _is_checkout(root: Path) -> bool:
-    pyproject = root / "pyproject.toml"
-    return pyproject.is_file() and tomllib.loads(pyproject.read_text()).get("project", {}).get("name") == "fmtrade"
-
-
-def _package_dirs(root: Path) -> dict[str, str]:
-    """``{package: folder}`` for fmtrade and the Ray layers, as pyproject.toml maps them."""
-    mapping = tomllib.loads((root / "pyproject.toml").read_text())["tool"]["setuptools"]["package-dir"]
-    return {"fmtrade": "fmtrade", **mapping}
-
-
 def _package_dir(root: Path, staging: Path) -> Path:
-    """The ``fmtrade`` package as it is installed (the Ray layers inside it): from the checkout at
-    ``root`` when the job is submitted from one, else the installed package itself."""
+    """The ``fmtrade`` package as it is installed (the Ray layers inside it): laid out from the
+    checkout at ``root`` when the job is submitted from one, else the installed package itself."""
     import fmtrade
 
-    if not _is_checkout(root):
-        return Path(fmtrade.__file__).parent
-    ignore = shutil.ignore_patterns("__pycache__", "*.pyc")
-    for package, folder in _package_dirs(root).items():
-        shutil.copytree(root / folder, staging / package.replace(".", "/"), ignore=ignore)
-    return staging / "fmtrade"
+    return stage(root, staging) if is_checkout(root) else Path(fmtrade.__file__).parent
 
 
 def _connect(address: str) -> JobSubmissionClient:
