@@ -114,6 +114,37 @@ class ClusterSettings(Section):
     dashboard_port: int = Field(8265, ge=1, le=65535)
 
 
+class AgentSettings(Section):
+    """The trading agent (fmtrade/agent, docs/AGENT.md): reasoner, broker, risk limits, exchange keys."""
+
+    reasoner: Literal["rules", "llm"] = "rules"
+    broker: Literal["paper", "bybit"] = "paper"
+    journal: str | None = Field(None, description="SQLite journal path; default $FMTRADE_HOME/agent/journal.sqlite")
+    # LLM reasoner: any OpenAI-compatible chat completions endpoint.
+    llm_base_url: str = Field("http://127.0.0.1:8000/v1", description="OpenAI-compatible base URL (ends in /v1)")
+    llm_model: str = "qwen2.5-7b-instruct"
+    llm_api_key: SecretStr | None = None
+    llm_timeout_s: float = Field(30.0, gt=0)
+    llm_max_tokens_per_run: int = Field(200_000, ge=0, description="token budget per run; then rules decide")
+    llm_max_cost_per_run: float = Field(5.0, ge=0, description="money budget per run (USD); then rules decide")
+    llm_cost_per_1k_prompt: float = Field(0.0, ge=0)
+    llm_cost_per_1k_completion: float = Field(0.0, ge=0)
+    # Exchange (bybit broker): keys only from the environment (FMTRADE_AGENT__API_KEY / __API_SECRET).
+    api_key: SecretStr | None = None
+    api_secret: SecretStr | None = None
+    testnet: bool = True
+    confirm_live: bool = Field(False, description="must be true (with --live) before any mainnet order")
+    recv_window_ms: int = Field(5000, ge=1000, le=60_000)
+    # Risk limits (deterministic, outside every reasoner).
+    target_volatility: float = Field(0.5, gt=0, description="annualised volatility target per position")
+    max_notional_per_symbol: float = Field(25_000.0, gt=0)
+    max_gross_exposure: float = Field(1.0, gt=0, description="sum of |notional| / equity")
+    max_leverage: float = Field(1.0, gt=0, le=10)
+    daily_loss_limit: float = Field(0.05, gt=0, lt=1, description="fraction of equity; flatten and stop beyond it")
+    max_disagreement: float = Field(0.02, gt=0, description="gate: hold when members disagree beyond this")
+    initial_equity: float = Field(100_000.0, gt=0, description="paper broker starting cash")
+
+
 class Settings(BaseSettings):
     """Root settings. Build with :func:`load_settings`, not directly."""
 
@@ -128,6 +159,7 @@ class Settings(BaseSettings):
     train: TrainSettings = Field(default_factory=TrainSettings)
     backtest: BacktestSettings = Field(default_factory=BacktestSettings)
     cluster: ClusterSettings = Field(default_factory=ClusterSettings)
+    agent: AgentSettings = Field(default_factory=AgentSettings)
 
     @field_validator("home", mode="before")
     @classmethod
@@ -156,6 +188,9 @@ class Settings(BaseSettings):
 
     def runs_dir(self) -> Path:
         return Path(self.backtest.runs_dir).expanduser() if self.backtest.runs_dir else self.home / "runs"
+
+    def agent_journal(self) -> Path:
+        return Path(self.agent.journal).expanduser() if self.agent.journal else self.home / "agent" / "journal.sqlite"
 
     def train_storage(self) -> str:
         return self.train.storage_path or str(self.home / "train")
