@@ -1,7 +1,8 @@
 #!/usr/bin/env bash
 # Pretrain the zoo checkpoints the package ships (fmtrade/models/shipped/) on real bars and ship each
-# one that beats the shipped weights on validation. Resumable: every chunk continues from the last
-# (--init), and a family stops when a chunk no longer lowers its validation loss.
+# one that beats the shipped weights on validation. Resumable across runs: the first chunk continues
+# from the shipped checkpoint when there is one (--init), every later chunk from the one before, and a
+# family stops when a chunk no longer lowers its validation loss below the best so far.
 #
 #   scripts/pretrain_shipped_zoo.sh [CHUNK_MINUTES] [MAX_CHUNKS] [FAMILY ...]
 #
@@ -26,6 +27,11 @@ lr_of() { .venv/bin/python -c "from fmtrade.models.recipes import zoo_pretrain_l
 for family in $FAMILIES; do
   name=$(name_of "$family")
   best=inf init=()
+  shipped=$PWD/fmtrade/models/shipped/$name
+  if [ -f "$shipped/fmtrade-zoo.json" ]; then
+    best=$(.venv/bin/python -c "import json; print(json.load(open('$shipped/fmtrade-zoo.json'))['val_loss_last'])")
+    init=(--init "$shipped")
+  fi
   for chunk in $(seq 1 "$MAX_CHUNKS"); do
     out=$WORK/$family-$chunk
     rm -rf "$out"

@@ -38,6 +38,8 @@ def test_packaged_registry_has_local_default_and_hub_profiles() -> None:
     local = {s.name: s for s in registry.profile("local")}
     assert set(local) == ZOO | BASELINES
     assert not local["auto-arima"].enabled
+    # Members far worse than the random walk on held-out data stay out of the default ensemble.
+    assert {n for n, s in local.items() if not s.enabled} == {"auto-arima", "chronos-fm-tiny", "lagllama-fm-tiny"}
     hub = {s.checkpoint for s in registry.profile("hub") if s.checkpoint}
     assert {"amazon/chronos-t5-small", "amazon/chronos-bolt-small", "amazon/chronos-2"} <= hub
     assert "google/timesfm-2.5-200m-pytorch" in hub
