@@ -50,6 +50,31 @@ class Simulation:
     initial_equity: float
 
 
+@dataclass(frozen=True)
+class TradeFill:
+    """One executed trade: signed units, traded notional and its cost (fee plus slippage)."""
+
+    delta: float
+    notional: float
+    fee: float
+
+    @property
+    def side(self) -> str:
+        return "buy" if self.delta > 0 else "sell"
+
+
+def trade(cash: float, units: float, goal: float, price: float, costs: Costs) -> tuple[float, float, TradeFill | None]:
+    """Trade ``units`` to ``goal`` at ``price``: the one accounting step the backtest and the agent's
+    paper broker share. Pays ``notional * costs.rate``; a trade below ``min_trade_notional`` is skipped
+    (cash and units come back unchanged, with no fill)."""
+    delta = goal - units
+    notional = abs(delta) * price
+    if not (notional > 0 and notional >= costs.min_trade_notional):
+        return cash, units, None
+    fee = notional * costs.rate
+    return cash - (delta * price + fee), goal, TradeFill(delta, notional, fee)
+
+
 def funding_per_bar(market: Market, first: int, stop: int) -> np.ndarray:
     """Sum of funding rates falling in each simulated bar's span ``(open, open + bar]``."""
     rates = np.zeros(stop - first)
@@ -82,14 +107,10 @@ def simulate(market: Market, windows: Windows, targets: np.ndarray, costs: Costs
         if not np.isnan(target):
             equity = cash + units * prev
             goal = target * equity / prev if equity > 0 else 0.0
-            delta = goal - units
-            notional = abs(delta) * prev
-            if notional > 0 and notional >= costs.min_trade_notional:
-                fee = notional * costs.rate
-                cash -= delta * prev + fee
-                units = goal
-                cols["cost"][k] = fee
-                trades.append((market.timestamps[j], "buy" if delta > 0 else "sell", delta, prev, notional, fee))
+            cash, units, fill = trade(cash, units, goal, prev, costs)
+            if fill is not None:
+                cols["cost"][k] = fill.fee
+                trades.append((market.timestamps[j], fill.side, fill.delta, prev, fill.notional, fill.fee))
         cols["pnl"][k] = units * (close[j] - prev)
         paid = units * close[j] * funding_rate[k]
         cash -= paid
