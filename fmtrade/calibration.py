@@ -96,26 +96,51 @@ class Conformal:
 
     def calibrate(self, forecast: Forecast, outcomes: Outcomes) -> Forecast:
         """``forecast`` (one row per outcome) with every row's intervals adjusted from earlier rows' errors."""
-        if len(outcomes) != forecast.batch_size or outcomes.realised.shape[1] != forecast.horizon:
-            raise InputError("outcomes", f"expected {forecast.batch_size} rows of {forecast.horizon} steps")
         pairs = mirrored_pairs(forecast.quantile_levels)
         if not pairs:
             return forecast
+        scores, coverage = self._scores(forecast, outcomes, pairs)
+        order, counts = outcomes.schedule()
+        shifts = np.full((forecast.batch_size, forecast.horizon, len(pairs)), np.nan)
+        for row, n in enumerate(counts):
+            if n >= self.min_history:
+                shifts[row] = _conformal_quantile(scores[order[max(0, n - self.window) : n]], coverage)
+        return widen(forecast, pairs, shifts)
+
+    def latest_shift(self, forecast: Forecast, outcomes: Outcomes) -> np.ndarray | None:
+        """The shift ``[H, P]`` (units of the last price, pairs as :func:`mirrored_pairs`) that a row issued
+        after every outcome is known would get; None with fewer than ``min_history`` realised rows."""
+        pairs = mirrored_pairs(forecast.quantile_levels)
+        order, _ = outcomes.schedule()
+        if not pairs or len(order) < self.min_history:
+            return None
+        scores, coverage = self._scores(forecast, outcomes, pairs)
+        return _conformal_quantile(scores[order[-self.window :]], coverage)
+
+    @staticmethod
+    def _scores(forecast: Forecast, outcomes: Outcomes, pairs: list[tuple[int, int]]) -> tuple[np.ndarray, np.ndarray]:
+        """Every row's conformity scores ``[N, H, P]`` and each pair's nominal coverage ``[P]``."""
+        if len(outcomes) != forecast.batch_size or outcomes.realised.shape[1] != forecast.horizon:
+            raise InputError("outcomes", f"expected {forecast.batch_size} rows of {forecast.horizon} steps")
         lo, hi = (np.array(side) for side in zip(*pairs, strict=True))
         coverage = np.array([forecast.quantile_levels[h] - forecast.quantile_levels[low] for low, h in pairs])
         last = forecast.last_values[:, None, None]
         y = outcomes.realised[..., None]
-        scores = np.maximum(forecast.quantiles[..., lo] - y, y - forecast.quantiles[..., hi]) / last  # [N, H, P]
-        order, counts = outcomes.schedule()
-        quantiles = forecast.quantiles.copy()
-        median = forecast.median[..., None]
-        for row, n in enumerate(counts):
-            if n < self.min_history:
-                continue
-            shift = _conformal_quantile(scores[order[max(0, n - self.window) : n]], coverage) * last[row]
-            quantiles[row][:, lo] = np.minimum(quantiles[row][:, lo] - shift, median[row])
-            quantiles[row][:, hi] = np.maximum(quantiles[row][:, hi] + shift, median[row])
-        return replace(forecast, quantiles=np.sort(quantiles, axis=-1))
+        return np.maximum(forecast.quantiles[..., lo] - y, y - forecast.quantiles[..., hi]) / last, coverage
+
+
+def widen(forecast: Forecast, pairs: list[tuple[int, int]], shifts: np.ndarray) -> Forecast:
+    """Move each pair's bounds out by ``shifts`` ``[B, H, P]`` (or ``[H, P]`` for every row; units of the
+    last price, negative narrows, NaN leaves a row alone), never across the median, then sort the levels."""
+    shifts = np.broadcast_to(shifts, (forecast.batch_size, forecast.horizon, len(pairs)))
+    lo, hi = (np.array(side) for side in zip(*pairs, strict=True))
+    shift = np.nan_to_num(shifts) * forecast.last_values[:, None, None]
+    median = forecast.median[..., None]
+    quantiles = forecast.quantiles.copy()
+    keep = np.isnan(shifts)
+    quantiles[..., lo] = np.where(keep, quantiles[..., lo], np.minimum(quantiles[..., lo] - shift, median))
+    quantiles[..., hi] = np.where(keep, quantiles[..., hi], np.maximum(quantiles[..., hi] + shift, median))
+    return replace(forecast, quantiles=np.sort(quantiles, axis=-1))
 
 
 def _conformal_quantile(scores: np.ndarray, coverage: np.ndarray) -> np.ndarray:

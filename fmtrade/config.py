@@ -73,6 +73,9 @@ class ModelsSettings(Section):
     calibrate_ensemble: bool = Field(
         False, description="Recalibrate the walk-forward ensemble from its own errors too (docs/MODELS.md)"
     )
+    live_state: str | None = Field(
+        None, description="Live calibration state (`fmtrade calibrate`); default $FMTRADE_HOME/live-state.json"
+    )
 
 
 class ServeSettings(Section):
@@ -185,6 +188,9 @@ class Settings(BaseSettings):
 
     def zoo_dir(self) -> Path:
         return Path(self.models.zoo).expanduser() if self.models.zoo else self.home / "zoo"
+
+    def live_state_path(self) -> Path:
+        return Path(self.models.live_state).expanduser() if self.models.live_state else self.home / "live-state.json"
 
     def runs_dir(self) -> Path:
         return Path(self.backtest.runs_dir).expanduser() if self.backtest.runs_dir else self.home / "runs"

@@ -44,6 +44,7 @@ from collections.abc import Iterable, Mapping, Sequence
 from concurrent.futures import ThreadPoolExecutor, wait
 from dataclasses import dataclass, replace
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 
@@ -83,6 +84,7 @@ class EnsembleResult:
     members: dict[str, Forecast]
     weights: dict[str, float]
     failed: dict[str, str]
+    calibration: dict[str, Any] | None = None  # what a live state changed (fmtrade.live_state), None: raw
 
 
 def normalise_weights(weights: Mapping[str, float], names: Iterable[str]) -> dict[str, float]:

@@ -25,6 +25,7 @@ from fmtrade.data.intervals import interval_offset
 from fmtrade.data.store import iso
 from fmtrade.ensemble import ENSEMBLE_NAME, Ensemble, EnsembleError, EnsembleResult
 from fmtrade.errors import FmtradeError, InputError
+from fmtrade.live_state import LiveState, apply_live_state
 from fmtrade.models.base import Forecast, Forecaster
 from fmtrade.models.registry import ModelSpec, build_forecaster
 
@@ -103,6 +104,7 @@ def forecast_document(
         "weights": result.weights,
         "failed": result.failed,
         "latency_ms": elapsed_ms,
+        "calibration": result.calibration,
     }
 
 
@@ -117,9 +119,11 @@ def forecast_symbol(
     context: int,
     failed: Mapping[str, str] | None = None,
     time_budget_s: float | None = None,
+    state: LiveState | None = None,
 ) -> dict[str, Any]:
     """Forecast the ``horizon`` bars after the last close of ``closes`` with every model and
-    their weighted ensemble, in this process; ``failed`` carries models that could not even be loaded."""
+    their weighted ensemble, in this process; ``failed`` carries models that could not even be loaded.
+    With a live ``state`` holding ``symbol`` the members are recalibrated and weighted as it learned."""
     if context < 2:
         raise InputError("context", f"must be at least 2 bars, got {context}")
     if not models:
@@ -130,5 +134,6 @@ def forecast_symbol(
     result = ensemble.forecast([window], horizon, quantile_levels)
     elapsed_ms = (time.perf_counter() - start) * 1000.0
     result = replace(result, failed={**(failed or {}), **result.failed})
+    result = apply_live_state(state, symbol, result, weights)
     stamps = future_timestamps(closes.index[-1], interval, horizon)
     return forecast_document(result, 0, symbol=symbol, timestamps=stamps, elapsed_ms=elapsed_ms)

@@ -30,6 +30,13 @@ class EnsembleForecast(Quantiles):
     disagreement: list[float] = Field(description="Weighted spread of the member medians per step (price units)")
 
 
+class Calibration(_Document):
+    asof: str = Field(description="Last bar the live state learned from (`fmtrade calibrate`)")
+    models: list[str] = Field(description="Members whose quantiles were recalibrated from their own recent errors")
+    learned_weights: bool = Field(description="Weights learned online from the members' recent quantile loss")
+    ensemble: bool = Field(description="The ensemble's quantiles recalibrated from its own recent errors")
+
+
 class ForecastResponse(_Document):
     """One series' forecast by every model that answered and by their weighted ensemble."""
 
@@ -42,3 +49,6 @@ class ForecastResponse(_Document):
     weights: dict[str, float] = Field(description="Ensemble weights, renormalised over the members that answered")
     failed: dict[str, str] = Field(description="Members dropped from this answer, with the reason")
     latency_ms: float = Field(description="Time spent forecasting (in the service: answering the request)")
+    calibration: Calibration | None = Field(
+        None, description="What the live calibration state changed (None: raw quantiles and registry weights)"
+    )

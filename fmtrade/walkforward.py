@@ -10,7 +10,8 @@ typical width, and the weights move). Every step uses only rows whose targets we
 strictly before a row was issued, so nothing a row gets depends on bars at or after its time.
 
 Evaluation (:mod:`fmtrade.evaluation`) and the backtest (:mod:`fmtrade.backtest.engine`) both call
-:meth:`WalkForward.apply`; serving does not (it has no realised history: see docs/MODELS.md).
+:meth:`WalkForward.apply`; live forecasts get what it would give their next row from the state
+:mod:`fmtrade.live_state` learns with it (``fmtrade calibrate``).
 """
 
 from __future__ import annotations

@@ -20,9 +20,10 @@ from ray import serve
 from ray.serve.handle import DeploymentHandle
 
 from fmtrade.config import Settings
-from fmtrade.ensemble import combine, normalise_weights
+from fmtrade.ensemble import EnsembleResult, combine, normalise_weights
 from fmtrade.errors import InputError
 from fmtrade.forecasting import MemberCalls
+from fmtrade.live_state import LiveState, apply_live_state
 from fmtrade.models.base import Forecast, Forecaster
 from fmtrade.models.registry import ModelSpec, active_specs, build_forecaster, select_specs
 from fmtrade.models.zoo import adapter_dir
@@ -184,6 +185,8 @@ class FanOut:
         self.members = tuple(members)
         self.send = {name: self._sender(handle, cfg.options_for(name)) for name, handle in members.items()}
         self.weights = {s.name: s.weight for s in active_specs(self.settings) if s.name in members}
+        # Read once per replica: a refreshed state reaches the service when its replicas restart.
+        self.state = LiveState.load_if_present(settings.live_state_path())
 
     def _sender(self, handle: DeploymentHandle, options: ModelOptions) -> Callable[[MemberCall], Awaitable[Outcome]]:
         return MemberSender(handle, options.max_batch_size, options.in_flight_per_caller(), self.timeout_s).send
@@ -210,8 +213,10 @@ class FanOut:
         if not forecasts:
             raise MembersFailed(failed, input_errors)
         weights = normalise_weights(self.weights, forecasts)
+        result = EnsembleResult(combine(forecasts, weights), forecasts, weights, failed)
+        result = apply_live_state(self.state, request.symbol, result, self.weights)
         calls = MemberCalls(adapters, latency, batch_rows)
-        return ServedResult(combine(forecasts, weights), forecasts, weights, failed, calls)
+        return ServedResult(result.ensemble, result.members, result.weights, failed, result.calibration, calls)
 
     async def _member(self, name: str, request: EnsembleRequest) -> tuple[str, Outcome, float]:
         adapter = request.symbol if request.symbol and has_adapter(self.settings, name, request.symbol) else None

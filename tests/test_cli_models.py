@@ -12,7 +12,9 @@ from fmtrade.config import load_settings
 from fmtrade.models.zoo import build_zoo
 from tests.conftest import run_cli
 
-KEYS = {"symbol", "horizon", "timestamps", "last_value", "models", "ensemble", "weights", "failed", "latency_ms"}
+KEYS = {
+    "symbol", "horizon", "timestamps", "last_value", "models", "ensemble", "weights", "failed", "latency_ms", "calibration",
+}  # fmt: skip
 
 
 def _forecast(store, capsys, *args: str) -> tuple[int, str, str]:

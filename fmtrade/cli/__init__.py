@@ -48,6 +48,7 @@ def _register() -> None:
     app.add_typer(models.app, name="models")
     app.command("forecast")(forecast.forecast)
     app.command("evaluate")(evaluate.evaluate)
+    app.command("calibrate")(evaluate.calibrate)
     from fmtrade.cli.backtest import backtest
 
     app.command("backtest")(backtest)

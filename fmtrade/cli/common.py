@@ -45,6 +45,10 @@ INTERVAL_OPTION = typer.Option(
 )
 SYMBOLS_OPTION = typer.Option(..., "--symbols", help="Comma-separated symbols, e.g. BTCUSDT,ETHUSDT.")
 SYMBOL_OPTION = typer.Option(..., "--symbol", help="Symbol, e.g. BTCUSDT.")
+MODELS_OPTION = typer.Option(None, "--models", help="Comma-separated registry names (default: all enabled).")
+CONTEXT_OPTION = typer.Option(512, "--context", help="Bars of history each forecast sees.")
+HORIZON_OPTION = typer.Option(24, "--horizon", help="Bars forecast per window.")
+STRIDE_OPTION = typer.Option(24, "--stride", help="Bars between consecutive forecast origins.")
 PRETRAIN_MINUTES_OPTION = typer.Option(
     None,
     "--pretrain-minutes",

@@ -21,9 +21,13 @@ from fmtrade.calibration import Conformal
 from fmtrade.cli.common import (
     ADDRESS_OPTION,
     CATEGORY_OPTION,
+    CONTEXT_OPTION,
+    HORIZON_OPTION,
     INTERVAL_OPTION,
     JSON_OPTION,
+    MODELS_OPTION,
     STORE_OPTION,
+    STRIDE_OPTION,
     SYMBOLS_OPTION,
     emit_json,
     market,
@@ -38,10 +42,15 @@ from fmtrade.data.store import Store, to_utc
 from fmtrade.ensemble import ENSEMBLE_NAME
 from fmtrade.evaluation import ROW_KEYS, EvalParams, check_horizon, cut_windows, evaluate_symbol
 from fmtrade.forecasting import RANDOM_WALK
+from fmtrade.live_state import LiveState, calibrate_symbol
 from fmtrade.models.registry import ModelSpec, active_specs, build_forecaster, select_specs
 from fmtrade.walkforward import WalkForward
 
 log = logging.getLogger(__name__)
+
+CALIBRATE_OPTION = typer.Option(
+    None, "--calibrate/--no-calibrate", help="Recalibrate every model (default: each registry entry's calibrate)."
+)
 
 
 def _specs(names: list[str]) -> list[ModelSpec]:
@@ -81,10 +90,10 @@ def _evaluate_here(
 
 def evaluate(
     symbols: str = SYMBOLS_OPTION,
-    models: str = typer.Option(None, "--models", help="Comma-separated registry names (default: all enabled)."),
-    context: int = typer.Option(512, "--context", help="Bars of history per forecast."),
-    horizon: int = typer.Option(24, "--horizon", help="Bars forecast (and scored) per window."),
-    stride: int = typer.Option(24, "--stride", help="Bars between consecutive forecast origins."),
+    models: str = MODELS_OPTION,
+    context: int = CONTEXT_OPTION,
+    horizon: int = HORIZON_OPTION,
+    stride: int = STRIDE_OPTION,
     start: str = typer.Option(None, "--start", help="First bar a scored target may cover (UTC)."),
     end: str = typer.Option(None, "--end", help="Last bar a scored target may cover (UTC)."),
     warmup: int = typer.Option(
@@ -93,9 +102,7 @@ def evaluate(
         help="Unscored windows before --start that give calibration and weights a record "
         "(default: the conformal window).",
     ),
-    calibrate: bool = typer.Option(
-        None, "--calibrate/--no-calibrate", help="Recalibrate every model (default: each registry entry's calibrate)."
-    ),
+    calibrate: bool = CALIBRATE_OPTION,
     category: str = CATEGORY_OPTION,
     interval: str = INTERVAL_OPTION,
     address: str = ADDRESS_OPTION,
@@ -134,3 +141,42 @@ def evaluate(
     for row in rows:
         if "error" in row:
             typer.echo(f"failed: {row['symbol']} {row['model']}: {row['error']}", err=True)
+
+
+def calibrate(
+    symbols: str = SYMBOLS_OPTION,
+    models: str = MODELS_OPTION,
+    context: int = CONTEXT_OPTION,
+    horizon: int = HORIZON_OPTION,
+    stride: int = STRIDE_OPTION,
+    windows: int = typer.Option(220, "--windows", min=1, help="Most recent walk-forward windows to learn from."),
+    calibrate: bool = CALIBRATE_OPTION,
+    category: str = CATEGORY_OPTION,
+    interval: str = INTERVAL_OPTION,
+    store: str = STORE_OPTION,
+    json_out: bool = JSON_OPTION,
+) -> None:
+    """Learn the live calibration state (each model's conformal shift, the ensemble's online weights)
+    from each symbol's most recent windows, for `fmtrade forecast`, the served API and the agent."""
+    cfg = settings()
+    category, interval = market(category, interval)
+    params = EvalParams(context, horizon, stride)
+    specs = _specs(split_csv(models, "--models"))
+    data_store = Store(cfg.store_uri(store))
+    series = {s: load_closes(data_store, s, interval, category) for s in dict.fromkeys(split_csv(symbols, "--symbols"))}
+    walk = WalkForward.from_registry(specs, cfg, calibrate=calibrate)
+    forecasters = {spec.name: build_forecaster(spec, cfg) for spec in specs}
+    path = cfg.live_state_path()
+    state = LiveState.load_if_present(path) or LiveState()
+    rows = []
+    for symbol, closes in series.items():
+        learned, failed = calibrate_symbol(symbol, closes, forecasters, params, walk, windows)
+        state.symbols[symbol] = learned
+        weights = learned.weights.weights(forecasters, {s.name: s.weight for s in specs})
+        rows.append({"symbol": symbol, "asof": learned.asof, "models_calibrated": sorted(learned.shifts),
+                     "weights": {n: round(w, 4) for n, w in weights.items() if w > 0}, "failed": failed})  # fmt: skip
+    state.save(path)
+    if json_out:
+        emit_json({"path": str(path), "symbols": rows})
+        return
+    print_table(rows, ["symbol", "asof", "weights", "failed"], title=f"live calibration state {path}")

@@ -6,8 +6,11 @@ import typer
 
 from fmtrade.cli.common import (
     CATEGORY_OPTION,
+    CONTEXT_OPTION,
+    HORIZON_OPTION,
     INTERVAL_OPTION,
     JSON_OPTION,
+    MODELS_OPTION,
     STORE_OPTION,
     SYMBOL_OPTION,
     emit_json,
@@ -23,6 +26,7 @@ from fmtrade.data.store import Store
 from fmtrade.ensemble import ENSEMBLE_NAME
 from fmtrade.errors import InputError
 from fmtrade.forecasting import forecast_symbol, load_models
+from fmtrade.live_state import LiveState
 from fmtrade.models.base import check_quantile_levels
 from fmtrade.models.registry import active_specs, select_specs
 
@@ -35,12 +39,15 @@ def forecast(
     symbol: str = SYMBOL_OPTION,
     category: str = CATEGORY_OPTION,
     interval: str = INTERVAL_OPTION,
-    horizon: int = typer.Option(24, "--horizon", help="Bars to forecast."),
-    models: str = typer.Option(None, "--models", help="Comma-separated registry names (default: all enabled)."),
+    horizon: int = HORIZON_OPTION,
+    models: str = MODELS_OPTION,
     quantiles: str = typer.Option("0.1,0.5,0.9", "--quantiles", help="Comma-separated quantile levels."),
-    context: int = typer.Option(512, "--context", help="Bars of history each model sees."),
+    context: int = CONTEXT_OPTION,
     store: str = STORE_OPTION,
     url: str = typer.Option(None, "--url", help="Query a running `fmtrade serve` API instead of local models."),
+    raw: bool = typer.Option(
+        False, "--raw", help="Ignore the live calibration state: raw quantiles, registry weights."
+    ),
     json_out: bool = JSON_OPTION,
 ) -> None:
     """Forecast the bars after the last stored bar with each model and their weighted ensemble."""
@@ -67,7 +74,8 @@ def forecast(
         raise InputError("context", f"{context} bars requested but only {len(closes)} are stored for {symbol}")
     loaded, failed = load_models(specs, cfg)
     weights = {s.name: s.weight for s in specs}
-    doc = forecast_symbol(symbol, closes, loaded, weights, interval, horizon, levels, context, failed)
+    state = None if raw else LiveState.load_if_present(cfg.live_state_path())
+    doc = forecast_symbol(symbol, closes, loaded, weights, interval, horizon, levels, context, failed, state=state)
     if json_out:
         emit_json(doc)
         return
