@@ -7,9 +7,11 @@ page limits, newest-first ordering, cursors, the envelope
 parameters (https://bybit-exchange.github.io/docs/v5/market/kline and siblings).
 
 Replay clock: ``now`` (default: the wall clock) is what ``/v5/market/time``
-reports; nothing after it is served, and the bar containing it is served as a
-still-open bar: open as stored, close moved linearly from open towards the
-stored close by the elapsed fraction of the bar, high/low the envelope of
+reports; with ``speed`` > 0 it advances ``speed`` x wall time from ``now``
+(``speed=3600``: an hour a second), with ``speed=0`` (default) it stays at
+``now``. Nothing after the clock is served, and the bar containing it is
+served as a still-open bar: open as stored, close moved linearly from open
+towards the stored close by the elapsed fraction of the bar, high/low the envelope of
 those two, volume and turnover scaled by the same fraction. So a client that
 stored the open bar would hold values that differ from the final bar.
 
@@ -19,19 +21,30 @@ Derived data, labelled as such:
   significant digits: 0.1 at 30 000, 0.01 at 2 000), quantity step
   ``10**-floor(log10(price))`` (one step is worth 1-10 quote units), from the
   last close at the replay clock; launch time = first stored bar;
-* orderbook: ``result["synthetic"] = true``; best bid/ask are the ticks around
-  the last close, 1 tick apart, sizes volume-proportional with deterministic
-  noise seeded by symbol and time;
-* tickers: last price = last close, 24h stats from the bars of the last 24 hours.
+* spread: :data:`SPREAD_PER_DAILY_VOL` x the last day's realised volatility of
+  the price (2 bp at 2 % a day), at least one tick, whole ticks, straddling the
+  last close;
+* orderbook: ``result["synthetic"] = true``; best bid/ask are that spread's
+  edges, further levels one tick apart, sizes volume-proportional with
+  deterministic noise seeded by symbol and time;
+* tickers: last price = last close, bid1/ask1 the book's, 24h stats from the
+  bars of the last 24 hours;
+* ``category=option`` (instruments-info, tickers): an empty list, as Bybit
+  answers when it lists no option for the request, so ccxt's ``load_markets`` works.
 
 Kline pages: with ``start`` the server returns the ``limit`` oldest bars at or
 after it (up to ``end``), without it the ``limit`` newest bars up to ``end``,
 both newest first, as Bybit was observed to do. Only intervals stored for a
 symbol are served (no resampling).
 
+Private endpoints (``accounts={api_key: secret}``): signed order, position and wallet endpoints
+over a simulated account, see :mod:`fmtrade.data.replay_account`.
+
 Fault injection (:class:`Faults`) answers chosen requests with retCode 10006
 (plus ``X-Bapi-Limit-Reset-Timestamp``), HTTP 429/500, a delay, a truncated
-JSON body, or a well-formed body whose first row is malformed.
+JSON body, or a well-formed body whose first row is malformed. A request is
+handled before a delay, so a delayed ``/v5/order/create`` has placed its order
+when the client gives up waiting, as on an exchange.
 """
 
 from __future__ import annotations
@@ -66,14 +79,17 @@ from fmtrade.data.bybit import (
     to_ms,
 )
 from fmtrade.data.intervals import BYBIT_INTERVALS, CATEGORIES, interval_offset
+from fmtrade.data.replay_account import Reject, SimulatedAccounts
 from fmtrade.data.store import Store
-from fmtrade.errors import DataError
+from fmtrade.errors import DataError, InputError
 
 log = logging.getLogger(__name__)
 
 FaultKind = Literal["ok", "rate_limit", "http_429", "http_500", "delay", "truncate", "corrupt"]
 _ORDERBOOK_DEFAULT = {"spot": 1, "linear": 25, "inverse": 25}
 _QUOTES = ("USDT", "USDC", "USD", "BTC", "ETH")
+SPREAD_PER_DAILY_VOL = 0.01  # relative spread per unit of daily volatility: 2 bp at 2 % a day
+_MS_PER_DAY = 86_400_000
 
 
 class Faults(BaseModel):
@@ -91,7 +107,7 @@ class Faults(BaseModel):
     corrupt_every_n: int = Field(0, ge=0, description="valid JSON, first row malformed")
     delay_s: float = Field(1.0, ge=0)
     reset_ms: int = Field(50, ge=0, description="X-Bapi-Limit-Reset-Timestamp = now + reset_ms on rate limit")
-    paths: list[str] | None = Field(None, description="faulted paths (None: every /v5/market path)")
+    paths: list[str] | None = Field(None, description="faulted paths, private ones too (None: every /v5/market path)")
 
     def decide(self, n: int) -> FaultKind:
         if n <= len(self.schedule):
@@ -107,17 +123,13 @@ class Faults(BaseModel):
 @dataclass
 class RequestRecord:
     path: str
-    params: dict[str, str]
+    params: dict[str, Any]
     fault: FaultKind
     ret_code: int | None
 
 
-class ParamError(Exception):
+class ParamError(Reject):
     """Answered as retCode 10001, like Bybit's parameter errors."""
-
-    def __init__(self, msg: str, code: int = 10001) -> None:
-        super().__init__(msg)
-        self.code = code
 
 
 @dataclass
@@ -171,9 +183,10 @@ def _limit(params: dict[str, str], default: int, maximum: int) -> int:
 class _Replay:
     """Request handling, independent of the HTTP framework."""
 
-    def __init__(self, store: Store, now: pd.Timestamp | None, faults: Faults | None) -> None:
+    def __init__(self, store: Store, now: pd.Timestamp | None, faults: Faults | None, speed: float = 0.0) -> None:
         self.store = store
-        self.now = now
+        self.speed = speed
+        self.set_now(now)
         self.faults = faults or Faults()
         self.records: list[RequestRecord] = []
         self._counter = 0
@@ -183,8 +196,16 @@ class _Replay:
         self._series: list[tuple[str, str, str]] | None = None
 
     # Clock and data ------------------------------------------------------------------
+    def set_now(self, now: pd.Timestamp | None) -> None:
+        """Start the replay clock at ``now`` (None: follow the wall clock)."""
+        self.now = now
+        self._anchor_wall_ms = time.time() * 1000
+
     def now_ms(self) -> int:
-        return to_ms(self.now) if self.now is not None else int(time.time() * 1000)
+        wall = time.time() * 1000
+        if self.now is None:
+            return int(wall)
+        return to_ms(self.now) + int((wall - self._anchor_wall_ms) * self.speed)
 
     def series(self) -> list[tuple[str, str, str]]:
         if self._series is None:
@@ -263,6 +284,36 @@ class _Replay:
             raise ParamError(f"no data for {symbol} before the replay clock", 10001)
         row = self.partial_row(bars, n - 1, interval, now) or bars.values[n - 1].tolist()
         return float(row[3]), float(row[4])
+
+    def daily_volatility(self, category: str, symbol: str, now: int) -> float:
+        """Realised volatility of the last day: sqrt of the summed squared log returns of the closed bars."""
+        bars = self.bars(category, symbol, self.finest_interval(category, symbol))
+        n = self.served_until(bars, now)
+        first = int(np.searchsorted(bars.ms, now - _MS_PER_DAY, side="left"))
+        closes = bars.values[max(0, first - 1) : n, 3]
+        closes = closes[closes > 0]
+        return float(np.sqrt(np.sum(np.diff(np.log(closes)) ** 2))) if len(closes) > 1 else 0.0
+
+    def book_edges(self, category: str, symbol: str, now: int) -> tuple[int, int, float, float]:
+        """(best bid in ticks, best ask in ticks, tick size, last price): a volatility-scaled spread of whole
+        ticks (at least one) around the last price."""
+        price, _ = self.last_close(category, symbol, now)
+        tick = tick_size(price)
+        relative = SPREAD_PER_DAILY_VOL * self.daily_volatility(category, symbol, now)
+        width = max(1, math.ceil(price * relative / tick - 1e-9))
+        bid = math.floor(price / tick) - (width - 1) // 2
+        return bid, bid + width, tick, price
+
+    def quote(self, category: str, symbol: str, now: int) -> tuple[float, float, float]:
+        """(best bid, best ask, last price) as the book and tickers serve them."""
+        bid, ask, tick, price = self.book_edges(category, symbol, now)
+        dp = _decimals(tick)
+        return round(bid * tick, dp), round(ask * tick, dp), price
+
+    def instrument(self, category: str, symbol: str, now: int) -> dict[str, Any]:
+        bars = self.bars(category, symbol, self.finest_interval(category, symbol))
+        price, _ = self.last_close(category, symbol, now)
+        return self._instrument(category, symbol, price, int(bars.ms[0]))
 
     # Validation --------------------------------------------------------------------------
     @staticmethod
@@ -370,7 +421,8 @@ class _Replay:
         limit = _limit(params, _ORDERBOOK_DEFAULT[category], ORDERBOOK_MAX_DEPTH[category])
         now = self.now_ms()
         price, volume = self.last_close(category, symbol, now)
-        tick, step = tick_size(price), qty_step(price)
+        bid_tick, ask_tick, tick, _ = self.book_edges(category, symbol, now)
+        step = qty_step(price)
         price_dp, qty_dp = _decimals(tick), _decimals(step)
         rng = np.random.default_rng(zlib.crc32(f"{category}:{symbol}:{now}".encode()))
         base = max(step, volume / 2000)
@@ -380,14 +432,15 @@ class _Replay:
             sizes = np.maximum(step, np.round(base * (0.5 + rng.random(len(ticks))) / step) * step)
             return [[f"{k * tick:.{price_dp}f}", f"{q:.{qty_dp}f}"] for k, q in zip(ticks, sizes, strict=True)]
 
-        bid_tick = math.floor(price / tick)
         return {
-            "s": symbol, "b": side(bid_tick, -1), "a": side(bid_tick + 1, +1), "ts": now, "u": now // 1000,
+            "s": symbol, "b": side(bid_tick, -1), "a": side(ask_tick, +1), "ts": now, "u": now // 1000,
             "seq": now, "cts": now, "synthetic": True,
         }  # fmt: skip
 
     def tickers(self, params: dict[str, str]) -> dict[str, Any]:
-        category = self.category(params, default=None)
+        category = self.category(params, default=None, allowed=(*CATEGORIES, "option"))
+        if category == "option":  # Bybit lists no option here when none matches; the store holds none
+            return {"category": category, "list": []}
         symbol = self.optional_symbol(params, category)
         now = self.now_ms()
         rows = []
@@ -404,14 +457,14 @@ class _Replay:
             if partial is not None:
                 window[-1] = partial
             last, prev = float(window[-1, 3]), float(window[0, 0])
-            tick = tick_size(last)
-            bid_tick, dp = math.floor(last / tick), _decimals(tick)
+            bid, ask, _ = self.quote(category, sym, now)
+            dp = _decimals(tick_size(last))
             row = {
                 "symbol": sym, "lastPrice": _fmt(last), "prevPrice24h": _fmt(prev),
                 "price24hPcnt": _fmt(round(last / prev - 1, 6)) if prev else "0",
                 "highPrice24h": _fmt(window[:, 1].max()), "lowPrice24h": _fmt(window[:, 2].min()),
                 "volume24h": _fmt(window[:, 4].sum()), "turnover24h": _fmt(window[:, 5].sum()),
-                "bid1Price": f"{bid_tick * tick:.{dp}f}", "ask1Price": f"{(bid_tick + 1) * tick:.{dp}f}",
+                "bid1Price": f"{bid:.{dp}f}", "ask1Price": f"{ask:.{dp}f}",
             }  # fmt: skip
             if category != "spot":
                 stamps, rates = self.funding(category, sym)
@@ -425,10 +478,11 @@ class _Replay:
         return {"category": category, "list": rows}
 
     def instruments_info(self, params: dict[str, str]) -> dict[str, Any]:
-        category = self.category(params, default=None)
+        category = self.category(params, default=None, allowed=(*CATEGORIES, "option"))
         symbol = params.get("symbol")
         limit = _limit(params, 500, INSTRUMENTS_LIMIT)
-        symbols = [s for s in self.symbols(category) if not symbol or s == symbol]
+        trading = params.get("status") in (None, "", "Trading")  # every replayed instrument is trading
+        symbols = [s for s in self.symbols(category) if (not symbol or s == symbol) and trading]
         cursor = params.get("cursor") or "0"
         try:
             offset = int(cursor.removeprefix("offset:"))
@@ -440,8 +494,7 @@ class _Replay:
             bars = self.bars(category, sym, self.finest_interval(category, sym))
             if self.served_until(bars, now) == 0:
                 continue
-            price, _ = self.last_close(category, sym, now)
-            rows.append(self._instrument(category, sym, price, int(bars.ms[0])))
+            rows.append(self.instrument(category, sym, now))
         more = offset + limit < len(symbols)
         return {"category": category, "list": rows, "nextPageCursor": f"offset:{offset + limit}" if more else ""}
 
@@ -491,7 +544,8 @@ class _Replay:
 
     def next_fault(self, path: str) -> FaultKind:
         with self._lock:
-            if self.faults.paths is not None and path not in self.faults.paths:
+            paths = self.faults.paths
+            if path not in paths if paths is not None else not path.startswith("/v5/market/"):
                 return "ok"
             self._counter += 1
             return self.faults.decide(self._counter)
@@ -513,56 +567,95 @@ def _corrupt(payload: dict[str, Any]) -> dict[str, Any]:
     return payload
 
 
-def create_app(replay: _Replay) -> FastAPI:
+def _not_found() -> Response:
+    return Response(status_code=404, content=b'{"detail":"Not Found"}', media_type="application/json")
+
+
+async def _answer(replay: _Replay, path: str, params: dict[str, Any], call: Callable[[], dict[str, Any]]) -> Response:
+    """Run ``call`` under the fault plan and wrap its result (or Reject) in Bybit's envelope."""
+    fault = replay.next_fault(path)
+    record = RequestRecord(path, params, fault, None)
+    replay.records.append(record)
+    wall_ms = int(time.time() * 1000)
+    headers = {"X-Bapi-Limit": "600", "X-Bapi-Limit-Status": "599", "X-Bapi-Limit-Reset-Timestamp": str(wall_ms)}
+    if fault in ("http_429", "http_500"):
+        status = 429 if fault == "http_429" else 500
+        return Response(status_code=status, content=b"injected fault", headers=headers)
+    if fault == "rate_limit":
+        record.ret_code = 10006
+        headers |= {"X-Bapi-Limit-Status": "0", "X-Bapi-Limit-Reset-Timestamp": str(wall_ms + replay.faults.reset_ms)}
+        payload = replay.envelope(10006, "Too many visits!", {})
+    else:
+        try:
+            payload = replay.envelope(0, "OK", call())
+            record.ret_code = 0
+        except Reject as exc:
+            record.ret_code = exc.code
+            payload = replay.envelope(exc.code, str(exc), {})
+    if fault == "delay":  # after handling: a delayed order is placed, only its answer is late
+        await asyncio.sleep(replay.faults.delay_s)
+    if fault == "corrupt" and record.ret_code == 0:
+        payload = _corrupt(payload)
+    body = json.dumps(payload, separators=(",", ":")).encode()
+    if fault == "truncate":
+        body = body[: len(body) // 2]
+    return Response(content=body, media_type="application/json", headers=headers)
+
+
+def _signed_params(method: str, raw: str, query: dict[str, str]) -> dict[str, Any]:
+    """A GET's query parameters or a POST's JSON body object."""
+    if method == "GET":
+        return query
+    try:
+        body = json.loads(raw or "{}")
+    except json.JSONDecodeError as exc:
+        raise Reject(f"params error: the body is not JSON ({exc})") from exc
+    if not isinstance(body, dict):
+        raise Reject("params error: the body must be a JSON object")
+    return body
+
+
+def create_app(replay: _Replay, accounts: SimulatedAccounts | None = None) -> FastAPI:
     app = FastAPI(title="fmtrade Bybit replay", docs_url=None, redoc_url=None, openapi_url=None)
     handlers = replay.handlers()
+    private = accounts.handlers() if accounts is not None else {}
 
     @app.get("/v5/market/{endpoint:path}")
     async def market(endpoint: str, request: Request) -> Response:
         path = f"/v5/market/{endpoint}"
         handler = handlers.get(path)
         if handler is None:
-            return Response(status_code=404, content=b'{"detail":"Not Found"}', media_type="application/json")
+            return _not_found()
         params = dict(request.query_params)
-        fault = replay.next_fault(path)
-        record = RequestRecord(path, params, fault, None)
-        replay.records.append(record)
-        wall_ms = int(time.time() * 1000)
-        headers = {"X-Bapi-Limit": "600", "X-Bapi-Limit-Status": "599", "X-Bapi-Limit-Reset-Timestamp": str(wall_ms)}
-        if fault in ("http_429", "http_500"):
-            status = 429 if fault == "http_429" else 500
-            return Response(status_code=status, content=b"injected fault", headers=headers)
-        if fault == "delay":
-            await asyncio.sleep(replay.faults.delay_s)
-        if fault == "rate_limit":
-            record.ret_code = 10006
-            headers |= {
-                "X-Bapi-Limit-Status": "0",
-                "X-Bapi-Limit-Reset-Timestamp": str(wall_ms + replay.faults.reset_ms),
-            }
-            payload = replay.envelope(10006, "Too many visits!", {})
-        else:
-            try:
-                payload = replay.envelope(0, "OK", handler(params))
-                record.ret_code = 0
-            except ParamError as exc:
-                record.ret_code = exc.code
-                payload = replay.envelope(exc.code, str(exc), {})
-        if fault == "corrupt" and record.ret_code == 0:
-            payload = _corrupt(payload)
-        body = json.dumps(payload, separators=(",", ":")).encode()
-        if fault == "truncate":
-            body = body[: len(body) // 2]
-        return Response(content=body, media_type="application/json", headers=headers)
+        return await _answer(replay, path, params, lambda: handler(params))
+
+    @app.api_route("/v5/{endpoint:path}", methods=["GET", "POST"])
+    async def signed(endpoint: str, request: Request) -> Response:
+        path = f"/v5/{endpoint}"
+        handler = private.get((request.method, path))
+        if handler is None or accounts is None:
+            return _not_found()
+        raw = (await request.body()).decode("utf-8", "replace") if request.method == "POST" else request.url.query
+        shown: dict[str, Any] = dict(request.query_params)
+
+        def call() -> dict[str, Any]:
+            api_key = accounts.authenticate(request.headers, raw)
+            params = _signed_params(request.method, raw, dict(request.query_params))
+            shown.update(params)
+            return handler(api_key, params)
+
+        return await _answer(replay, path, shown, call)
 
     return app
 
 
 class ReplayServer:
-    """Serve a store over HTTP like Bybit's v5 market API.
+    """Serve a store over HTTP like Bybit's v5 market API, and with ``accounts`` its private API.
 
     ``start()`` runs uvicorn in a daemon thread (tests, the demo); ``run()`` serves
     in the foreground until Ctrl-C (``fmtrade data replay``). ``port=0`` picks a free port.
+    ``accounts`` maps API keys to secrets (one simulated account each, ``initial_balance`` USDT);
+    ``speed`` > 0 runs the replay clock that many times faster than the wall clock from ``now``.
     """
 
     def __init__(
@@ -573,10 +666,18 @@ class ReplayServer:
         port: int = 0,
         now: Any = None,
         faults: Faults | None = None,
+        accounts: dict[str, str] | None = None,
+        initial_balance: float = 100_000.0,
+        speed: float = 0.0,
     ) -> None:
+        if speed < 0 or not math.isfinite(speed):
+            raise InputError("speed", f"must be a finite number >= 0, got {speed}")
+        if initial_balance <= 0:
+            raise InputError("initial_balance", f"must be > 0, got {initial_balance}")
         self.store = store if isinstance(store, Store) else Store(str(store))
         self.host = host
-        self._replay = _Replay(self.store, parse_time(now, "now") if now is not None else None, faults)
+        self._replay = _Replay(self.store, parse_time(now, "now") if now is not None else None, faults, speed)
+        self.accounts = SimulatedAccounts(self._replay, accounts, initial_balance) if accounts else None
         self._sock = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
         self._sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
         try:
@@ -585,7 +686,8 @@ class ReplayServer:
             self._sock.close()
             raise DataError(f"replay server cannot listen on {host}:{port}: {exc}") from exc
         self.port = int(self._sock.getsockname()[1])
-        config = uvicorn.Config(create_app(self._replay), log_level="warning", access_log=False, lifespan="off")
+        app = create_app(self._replay, self.accounts)
+        config = uvicorn.Config(app, log_level="warning", access_log=False, lifespan="off")
         self._server = uvicorn.Server(config)
         self._thread: threading.Thread | None = None
 
@@ -596,11 +698,29 @@ class ReplayServer:
     # Replay clock, faults and request log (tests adjust these between calls) ------------
     @property
     def now(self) -> pd.Timestamp | None:
+        """Where the replay clock was started (None: the wall clock); see :meth:`clock` for where it is."""
         return self._replay.now
 
     @now.setter
     def now(self, value: Any) -> None:
-        self._replay.now = parse_time(value, "now") if value is not None else None
+        self._replay.set_now(parse_time(value, "now") if value is not None else None)
+
+    def clock(self) -> pd.Timestamp:
+        """The replay clock now (what /v5/market/time reports)."""
+        return pd.Timestamp(self._replay.now_ms(), unit="ms", tz="UTC")
+
+    @property
+    def speed(self) -> float:
+        return self._replay.speed
+
+    @speed.setter
+    def speed(self, value: float) -> None:
+        """Change the clock's rate from where it stands now."""
+        if value < 0 or not math.isfinite(value):
+            raise InputError("speed", f"must be a finite number >= 0, got {value}")
+        current = self.clock() if self._replay.now is not None else None
+        self._replay.speed = value
+        self._replay.set_now(current)
 
     @property
     def faults(self) -> Faults:
