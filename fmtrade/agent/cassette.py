@@ -1,0 +1,54 @@
+"""A cassette of LLM exchanges, so an agent backtest re-runs bit-identically and costs nothing.
+
+The first run records what the endpoint answered under a key of the exact request (model and
+messages); later runs replay the answer for the same key without calling anyone. The file is JSONL
+(one ``{"key", "answer"}`` a line, human-readable for an audit) and is rewritten atomically on
+every new entry, so a run killed mid-way leaves the previous complete cassette, never half a line.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import threading
+from pathlib import Path
+from typing import Any
+
+from fmtrade.errors import InputError
+from fmtrade.io import write_text_atomic
+
+
+def exchange_key(model: str, messages: list[dict[str, str]]) -> str:
+    """sha256 of the request that decides the answer (canonical JSON of model and messages)."""
+    canonical = json.dumps({"model": model, "messages": messages}, sort_keys=True, separators=(",", ":"))
+    return hashlib.sha256(canonical.encode()).hexdigest()
+
+
+class Cassette:
+    """Answers by request key, backed by a JSONL file (created on the first ``put``)."""
+
+    def __init__(self, path: str | Path) -> None:
+        self.path = Path(path).expanduser()
+        self._answers: dict[str, Any] = {}
+        self._lock = threading.Lock()
+        if self.path.exists():
+            for number, line in enumerate(self.path.read_text(encoding="utf-8").splitlines(), start=1):
+                if not line.strip():
+                    continue
+                try:
+                    entry = json.loads(line)
+                    self._answers[str(entry["key"])] = entry["answer"]
+                except (json.JSONDecodeError, KeyError, TypeError):
+                    raise InputError(f"cassette {self.path}:{number}", "not a cassette entry") from None
+
+    def get(self, key: str) -> Any | None:
+        return self._answers.get(key)
+
+    def put(self, key: str, answer: Any) -> None:
+        with self._lock:
+            self._answers[key] = answer
+            lines = (json.dumps({"key": k, "answer": a}, sort_keys=True) for k, a in self._answers.items())
+            write_text_atomic(self.path, "".join(f"{line}\n" for line in lines))
+
+    def __len__(self) -> int:
+        return len(self._answers)
