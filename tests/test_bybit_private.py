@@ -295,3 +295,42 @@ def test_flat_markets_still_quote_one_tick(tmp_path) -> None:
         bid, ask = book(srv, symbol="FLATUSDT")
         assert np.isclose(ask - bid, 0.001) and bid <= 100.0 <= ask  # tick 0.001 at 100
         assert order(srv, "Buy", "1", symbol="FLATUSDT")["retCode"] == 0
+
+
+@pytest.mark.slow
+def test_replay_command_serves_a_fast_clock_and_the_private_account(store: Store, port: int, monkeypatch) -> None:
+    import os
+    import subprocess
+    import sys
+
+    from tests.conftest import REPO
+
+    env = os.environ | {"PYTHONPATH": str(REPO), "FMTRADE_AGENT__API_KEY": KEY, "FMTRADE_AGENT__API_SECRET": SECRET}
+    argv = ["data", "replay", "--port", str(port), "--store", str(store.root), "--now", "2022-01-05T00:00:00Z"]
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "fmtrade", *argv, "--speed", "3600", "--private", "--balance", "2000"],
+        env=env, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE,
+    )  # fmt: skip
+    url = f"http://127.0.0.1:{port}"
+    try:
+        deadline = time.monotonic() + 60
+        while True:
+            try:
+                first = int(httpx.get(f"{url}/v5/market/time").json()["result"]["timeSecond"])
+                break
+            except httpx.TransportError:
+                assert proc.poll() is None, proc.stderr.read().decode() if proc.stderr else ""
+                assert time.monotonic() < deadline
+                time.sleep(0.2)
+        assert first >= pd.Timestamp("2022-01-05", tz="UTC").timestamp()
+        with BybitBroker(settings_with_keys(monkeypatch), base_url=url) as broker:
+            assert broker.account().equity == pytest.approx(2000)
+            assert broker.place(intent(qty=1)).status == "Filled"
+        time.sleep(1.0)
+        later = int(httpx.get(f"{url}/v5/market/time").json()["result"]["timeSecond"])
+        assert later - first >= 3000  # at least 3000 replay seconds in a bit over one wall second
+    finally:
+        proc.terminate()
+        proc.wait(timeout=10)
+    stderr = proc.stderr.read().decode() if proc.stderr else ""
+    assert KEY not in stderr and SECRET not in stderr

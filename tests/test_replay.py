@@ -3,13 +3,15 @@
 from __future__ import annotations
 
 import json
+import math
 
 import httpx
+import numpy as np
 import pandas as pd
 import pytest
 
 from fmtrade.data.bybit import BybitClient
-from fmtrade.data.replay import Faults, ReplayServer, qty_step, tick_size
+from fmtrade.data.replay import SPREAD_PER_DAILY_VOL, Faults, ReplayServer, qty_step, tick_size
 from fmtrade.data.store import Store
 
 SYMBOL = "AAAUSDT"
@@ -125,6 +127,38 @@ def test_orderbook_limits_and_synthetic_label(server: ReplayServer) -> None:
     assert len(get(server, "orderbook", category="linear", symbol=SYMBOL, limit=500)["result"]["a"]) == 500
     spot = get(server, "orderbook", category="spot", symbol=SYMBOL)  # the store holds AAAUSDT as linear only
     assert spot["retCode"] == 10001 and spot["retMsg"] == "Not supported symbols"
+
+
+def test_synthetic_spread_is_whole_ticks_scaled_by_the_last_days_volatility(
+    server: ReplayServer, market_store: Store
+) -> None:
+    stored = market_store.read(SYMBOL, "60")
+    widths = set()
+    for i in (30, 400, 900, 1700, 2400):
+        server.now = stored.index[i] + pd.Timedelta(minutes=30)
+        bar = stored.iloc[i]
+        price = bar["open"] + (bar["close"] - bar["open"]) / 2  # the open bar, half way
+        closes = [*stored["close"].iloc[i - 24 : i], price]  # a day of closes up to the last price
+        vol = float(np.sqrt(np.sum(np.diff(np.log(closes)) ** 2)))
+        tick = tick_size(price)
+        expected = max(1, math.ceil(price * SPREAD_PER_DAILY_VOL * vol / tick - 1e-9))
+        book = get(server, "orderbook", category="linear", symbol=SYMBOL)["result"]
+        bid, ask = float(book["b"][0][0]), float(book["a"][0][0])
+        assert round((ask - bid) / tick) == expected and bid <= price <= ask and book["synthetic"] is True
+        assert round((float(book["a"][1][0]) - ask) / tick) == 1  # deeper levels one tick apart
+        ticker = get(server, "tickers", category="linear", symbol=SYMBOL)["result"]["list"][0]
+        assert (ticker["bid1Price"], ticker["ask1Price"]) == (book["b"][0][0], book["a"][0][0])
+        widths.add(expected)
+    assert len(widths) > 1  # the spread follows volatility, it is not a constant
+
+
+def test_option_category_answers_an_empty_list_like_bybit(server: ReplayServer) -> None:
+    for path in ("instruments-info", "tickers"):
+        body = get(server, path, category="option", baseCoin="BTC")
+        assert body["retCode"] == 0 and body["result"] == {"category": "option", "list": []} | (
+            {"nextPageCursor": ""} if path == "instruments-info" else {}
+        )
+    assert get(server, "instruments-info", category="linear", status="PreLaunch")["result"]["list"] == []
 
 
 def test_instruments_cursor_and_derived_rules(server: ReplayServer) -> None:

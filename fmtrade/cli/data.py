@@ -216,11 +216,30 @@ def synth(
 def replay(
     host: str = typer.Option("127.0.0.1", "--host"),
     port: int = typer.Option(8099, "--port", min=0, max=65535),
+    now: str = typer.Option(None, "--now", help="Start the replay clock here (ISO time, UTC; default: wall clock)."),
+    speed: float = typer.Option(
+        0.0, "--speed", min=0, help="Replay seconds per wall second from --now (3600: an hour a second; 0: frozen)."
+    ),
+    private: bool = typer.Option(
+        False,
+        "--private",
+        help="Also serve the signed order/position/wallet endpoints for the key pair in "
+        "FMTRADE_AGENT__API_KEY / FMTRADE_AGENT__API_SECRET (a simulated account).",
+    ),
+    balance: float = typer.Option(100_000.0, "--balance", min=0, help="USDT the simulated account starts with."),
     store: str = STORE_OPTION,
 ) -> None:
     """Serve the store over a Bybit-v5-compatible HTTP API until interrupted."""
     from fmtrade.data.replay import ReplayServer
 
     st = open_store(store)
-    typer.echo(f"serving {st.root} as Bybit v5 on http://{host}:{port} (Ctrl-C to stop)", err=True)
-    ReplayServer(st, host=host, port=port).run()
+    accounts = None
+    if private:
+        agent = settings().agent
+        if agent.api_key is None or agent.api_secret is None:
+            fail("--private: set FMTRADE_AGENT__API_KEY and FMTRADE_AGENT__API_SECRET for the simulated account")
+        accounts = {agent.api_key.get_secret_value(): agent.api_secret.get_secret_value()}
+    server = ReplayServer(st, host=host, port=port, now=now, speed=speed, accounts=accounts, initial_balance=balance)
+    clock = f", clock from {server.now.isoformat()} at {speed:g}x" if server.now is not None else ""
+    typer.echo(f"serving {st.root} as Bybit v5 on {server.url}{clock} (Ctrl-C to stop)", err=True)
+    server.run()

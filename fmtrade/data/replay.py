@@ -286,11 +286,12 @@ class _Replay:
         return float(row[3]), float(row[4])
 
     def daily_volatility(self, category: str, symbol: str, now: int) -> float:
-        """Realised volatility of the last day: sqrt of the summed squared log returns of the closed bars."""
+        """Realised volatility of the last day: sqrt of the summed squared log returns of the closes of the
+        bars opened in the last day up to the last price (the newest bar's final close is never used)."""
         bars = self.bars(category, symbol, self.finest_interval(category, symbol))
         n = self.served_until(bars, now)
         first = int(np.searchsorted(bars.ms, now - _MS_PER_DAY, side="left"))
-        closes = bars.values[max(0, first - 1) : n, 3]
+        closes = np.append(bars.values[max(0, first - 1) : max(0, n - 1), 3], self.last_close(category, symbol, now)[0])
         closes = closes[closes > 0]
         return float(np.sqrt(np.sum(np.diff(np.log(closes)) ** 2))) if len(closes) > 1 else 0.0
 
