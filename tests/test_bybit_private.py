@@ -168,7 +168,7 @@ def test_replay_clock_runs_faster_than_the_wall_clock(store: Store) -> None:
         time.sleep(0.5)
         second = int(httpx.get(f"{fast.url}/v5/market/time").json()["result"]["timeNano"])
         advanced_h = (second - first) / 3.6e12
-        assert 0.45 <= advanced_h <= 3.0, advanced_h  # 0.5 s x 3600 = half an hour, plus request time
+        assert 0.45 <= advanced_h <= 10.0, advanced_h  # 0.5 s x 3600 = half an hour, plus request time
         assert fast.clock() > NOW
         fast.speed = 0  # frozen where it stands
         frozen = fast.clock()
@@ -212,8 +212,8 @@ def test_broker_places_looks_up_and_reports_the_account(server: ReplayServer, mo
 
 
 def test_a_timeout_on_order_create_ends_with_exactly_one_order(server: ReplayServer, monkeypatch) -> None:
-    server.faults = Faults(schedule=["delay"], delay_s=1.5, paths=["/v5/order/create"])
-    with BybitBroker(settings_with_keys(monkeypatch), base_url=server.url, timeout_s=0.4) as broker:
+    server.faults = Faults(schedule=["delay"], delay_s=2.5, paths=["/v5/order/create"])
+    with BybitBroker(settings_with_keys(monkeypatch), base_url=server.url, timeout_s=1.0) as broker:
         state = broker.place(intent(qty=3))
     assert state.status == "Filled" and state.filled_qty == 3
     creates = [(r.fault, r.ret_code) for r in server.requests if r.path == "/v5/order/create"]
