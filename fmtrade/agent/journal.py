@@ -267,14 +267,18 @@ class Journal:
 
     # Outcomes --------------------------------------------------------------------------
     def open_decisions(self, run_id: str) -> list[dict[str, Any]]:
-        """Decisions with a forecast whose outcome is not recorded yet (the loop fills them in later)."""
+        """Decisions whose outcome is not recorded yet (the loop fills each in once its horizon has passed)."""
         rows = self._db.execute(
-            "SELECT o.cycle, o.symbol, o.observation FROM observations o LEFT JOIN outcomes u "
-            "ON u.run_id = o.run_id AND u.cycle = o.cycle AND u.symbol = o.symbol "
+            "SELECT o.cycle, o.symbol, o.observation, d.target_qty FROM observations o "
+            "JOIN decisions d ON d.run_id = o.run_id AND d.cycle = o.cycle AND d.symbol = o.symbol "
+            "LEFT JOIN outcomes u ON u.run_id = o.run_id AND u.cycle = o.cycle AND u.symbol = o.symbol "
             "WHERE o.run_id = ? AND u.cycle IS NULL ORDER BY o.cycle",
             (run_id,),
         )
-        return [{"cycle": r[0], "symbol": r[1], "observation": Observation.model_validate_json(r[2])} for r in rows]
+        return [
+            {"cycle": r[0], "symbol": r[1], "observation": Observation.model_validate_json(r[2]), "target_qty": r[3]}
+            for r in rows
+        ]
 
     def record_outcome(
         self,

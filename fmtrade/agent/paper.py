@@ -1,7 +1,8 @@
 """The paper broker: market orders filled against the market with the backtest's own accounting.
 
-A fill happens at the price the loop hands in for the symbol (the book mid when the observation has
-a book, else the last bar's close or, in an agent backtest, the next bar's open) and pays
+A fill happens at the price ``price_source`` gives for the symbol, by default the symbol's mark,
+which the agent loop sets every cycle (the book mid when it has a book, else the last closed bar's
+close: the next bar's open up to the gap), and pays
 ``notional * (taker_fee_bps + slippage_bps) / 1e4`` through :func:`fmtrade.backtest.simulator.trade`,
 the very step ``simulate`` uses, so a paper run and a backtest of the same trades cost the same.
 Orders are idempotent on ``order_link_id``; the whole state serialises to JSON so the journal can
@@ -39,7 +40,7 @@ class PaperBroker:
 
     name = "paper"
 
-    def __init__(self, costs: Costs, initial_equity: float, price_source: PriceSource) -> None:
+    def __init__(self, costs: Costs, initial_equity: float, price_source: PriceSource | None = None) -> None:
         if not initial_equity > 0:
             raise InputError("initial_equity", f"must be > 0, got {initial_equity}")
         self.costs = costs
@@ -79,7 +80,7 @@ class PaperBroker:
         known = self.state.orders.get(intent.order_link_id)
         if known is not None:
             return known
-        price = float(self.price_source(intent.symbol))
+        price = self._price(intent.symbol)
         units = self.state.qty.get(intent.symbol, 0.0)
         signed = intent.qty if intent.side == "Buy" else -intent.qty
         if intent.reduce_only and (units * signed >= 0 or abs(signed) > abs(units)):
@@ -97,6 +98,13 @@ class PaperBroker:
     def lookup(self, order_link_id: str, symbol: str) -> OrderState | None:
         order = self.state.orders.get(order_link_id)
         return order if order is not None and order.symbol == symbol else None
+
+    def _price(self, symbol: str) -> float:
+        if self.price_source is not None:
+            return float(self.price_source(symbol))
+        if symbol not in self.state.marks:
+            raise InputError("symbol", f"the paper broker has no price for {symbol} yet (mark it first)")
+        return self.state.marks[symbol]
 
     # Funding ---------------------------------------------------------------------------
     def charge_funding(self, symbol: str, rate: float, price: float | None = None) -> float:
