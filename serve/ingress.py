@@ -21,6 +21,7 @@ from fmtrade.data.store import Store
 from fmtrade.errors import InputError
 from fmtrade.forecasting import forecast_document, future_timestamps
 from fmtrade.models.base import check_quantile_levels
+from fmtrade.serve.agent_routes import agent_router
 from fmtrade.serve.api import UnknownSeries, create_api
 from fmtrade.serve.deployments import FanOut
 from fmtrade.serve.handles import rebind, rebind_all
@@ -50,7 +51,9 @@ class Ingress:
         self.direct = FanOut(self.members, cfg, self.settings)  # one-model requests
 
     def __serve_build_asgi_app__(self) -> FastAPI:
-        return create_api(self, self._token, self._max_body)
+        api = create_api(self, self._token, self._max_body)
+        api.include_router(agent_router(self.settings))
+        return api
 
     # Backend -----------------------------------------------------------------------------
     async def forecast(self, request: ForecastRequest) -> dict[str, Any]:
