@@ -241,3 +241,14 @@ def test_llm_key_never_appears_in_logs_records_reprs_or_cassette(tmp_path, caplo
     assert "LLM answer for B unusable" in caplog.text  # the fallbacks were logged...
     for text in outputs:
         assert FAKE_KEY not in text and "SECRET" not in text  # ...without the key
+
+
+def test_llm_prompt_carries_recent_outcomes_from_the_journal() -> None:
+    lines = {"BTCUSDT": ["2024-01-04T12:00Z long conviction 0.8: pnl -1.2%, forecast error +0.9%"]}
+    with FakeOpenAI(["valid"]) as fake:
+        reasoner = LLMReasoner(settings_for(fake), outcomes=lambda symbol: lines.get(symbol, []))
+        reasoner.decide(observation("BTCUSDT"))
+        reasoner.decide(observation("ETHUSDT"))
+        with_outcomes, without = (r["body"]["messages"][1]["content"] for r in fake.requests)
+    assert "Recent outcomes of your decisions on BTCUSDT:\n- 2024-01-04T12:00Z long" in with_outcomes
+    assert "Recent outcomes" not in without

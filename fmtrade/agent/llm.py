@@ -151,7 +151,6 @@ class LLMReasoner:
         *,
         cassette: Cassette | None = None,
         outcomes: Callable[[str], Sequence[str]] | None = None,
-        transport: httpx.BaseTransport | None = None,
     ) -> None:
         """``outcomes(symbol)`` gives lines on recent decisions' results for the prompt (the journal)."""
         self.settings = settings
@@ -161,7 +160,7 @@ class LLMReasoner:
         self.tokens_used = 0
         self.cost_used = 0.0
         self._lock = threading.Lock()
-        self._http = httpx.Client(transport=transport)
+        self._http = httpx.Client()
         self._system = SYSTEM_PROMPT.format(schema=json.dumps(Decision.model_json_schema(), sort_keys=True))
 
     def close(self) -> None:
