@@ -62,6 +62,9 @@ def _register() -> None:
     from fmtrade.cli import cluster
 
     app.add_typer(cluster.app, name="cluster")
+    from fmtrade.cli import agent
+
+    app.add_typer(agent.app, name="agent")
 
 
 _register()
