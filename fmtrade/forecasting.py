@@ -134,6 +134,6 @@ def forecast_symbol(
     result = ensemble.forecast([window], horizon, quantile_levels)
     elapsed_ms = (time.perf_counter() - start) * 1000.0
     result = replace(result, failed={**(failed or {}), **result.failed})
-    result = apply_live_state(state, symbol, result, weights)
+    result = apply_live_state(state, symbol, result, weights, at=closes.index[-1])
     stamps = future_timestamps(closes.index[-1], interval, horizon)
     return forecast_document(result, 0, symbol=symbol, timestamps=stamps, elapsed_ms=elapsed_ms)

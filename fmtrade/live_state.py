@@ -115,12 +115,16 @@ class LiveState:
     def load_if_present(cls, path: str | Path | None) -> LiveState | None:
         return cls.load(path) if path is not None and Path(path).is_file() else None
 
-    def apply(self, symbol: str | None, members: Mapping[str, Forecast], prior: Mapping[str, float]) -> Applied | None:
+    def apply(
+        self, symbol: str | None, members: Mapping[str, Forecast], prior: Mapping[str, float],
+        at: pd.Timestamp | None = None,
+    ) -> Applied | None:  # fmt: skip
         """Recalibrate ``members`` from ``symbol``'s state, combine them with its learned weights
         (``prior``: the static weights, the learner's fallback) and recalibrate the ensemble; None when
-        the state holds nothing for ``symbol``."""
+        the state holds nothing for ``symbol``, or learned from bars after ``at`` (the forecast's last
+        bar: a state from the future must never reach a forecast of the past, e.g. in a backtest)."""
         state = self.symbols.get(symbol) if symbol else None
-        if state is None or not members:
+        if state is None or not members or (at is not None and pd.Timestamp(state.asof) > at):
             return None
         calibrated = {}
         for name, fc in members.items():
@@ -138,11 +142,13 @@ class LiveState:
 
 
 def apply_live_state(
-    state: LiveState | None, symbol: str | None, result: EnsembleResult, prior: Mapping[str, float]
-) -> EnsembleResult:
+    state: LiveState | None, symbol: str | None, result: EnsembleResult, prior: Mapping[str, float],
+    at: pd.Timestamp | None = None,
+) -> EnsembleResult:  # fmt: skip
     """``result`` with ``symbol``'s learned state applied (members recalibrated, learned weights, the
-    ensemble recalibrated) and described in ``calibration``; unchanged without a state for ``symbol``."""
-    applied = state.apply(symbol, result.members, prior) if state is not None else None
+    ensemble recalibrated) and described in ``calibration``; unchanged without a usable state for
+    ``symbol`` (see :meth:`LiveState.apply`)."""
+    applied = state.apply(symbol, result.members, prior, at) if state is not None else None
     if applied is None:
         return result
     calibration = {

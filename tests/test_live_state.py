@@ -8,6 +8,7 @@ import json
 from dataclasses import replace
 
 import numpy as np
+import pandas as pd
 import pytest
 from scipy.stats import norm
 
@@ -73,7 +74,7 @@ def test_state_leaves_unknown_symbols_steps_and_levels_raw(tmp_path) -> None:
     members, realised = _members(60)
     walk = WalkForward(calibrated=frozenset({"narrow"}), ensemble={"narrow": 1.0, "wide": 1.0})
     walk = replace(walk, conformal=Conformal(window=40, min_history=10))
-    state = learn_state(walk, members, Outcomes.on_grid(np.arange(60), HORIZON, realised), "asof")
+    state = learn_state(walk, members, Outcomes.on_grid(np.arange(60), HORIZON, realised), "2023-06-01T00:00:00Z")
     path = tmp_path / "live-state.json"
     LiveState({"BTCUSDT": state}).save(path)
     loaded = LiveState.load(path)
@@ -82,6 +83,9 @@ def test_state_leaves_unknown_symbols_steps_and_levels_raw(tmp_path) -> None:
     live = {"narrow": _take(members["narrow"], [0])}
     raw = EnsembleResult(live["narrow"], live, {"narrow": 1.0}, {})
     assert apply_live_state(loaded, "ETHUSDT", raw, {"narrow": 1.0}) is raw  # no state for this symbol
+    before = pd.Timestamp("2023-05-31T23:00:00Z")  # a forecast from bars before the state's last one
+    assert apply_live_state(loaded, "BTCUSDT", raw, {"narrow": 1.0}, at=before) is raw  # never the future
+    assert apply_live_state(loaded, "BTCUSDT", raw, {"narrow": 1.0}, at=before + pd.Timedelta(hours=1)) is not raw
 
     # A longer horizon and other levels: only the steps and level pairs the state holds move.
     levels = (0.2, 0.5, 0.8, 0.9, 0.1)

@@ -30,6 +30,7 @@ from fmtrade.data.store import Store
 from fmtrade.ensemble import ENSEMBLE_NAME
 from fmtrade.errors import InputError
 from fmtrade.forecasting import forecast_symbol, load_models
+from fmtrade.live_state import LiveState
 from fmtrade.models.base import Forecast, Forecaster
 from fmtrade.models.registry import active_specs, select_specs
 
@@ -257,6 +258,7 @@ class InProcessForecasts:
     models: Sequence[str] | None = None
     horizon: int = 24
     context: int = 512
+    state: LiveState | None = None  # live calibration (`fmtrade calibrate`); never used for bars before its asof
     _loaded: tuple[dict[str, Forecaster], dict[str, float], dict[str, str]] | None = field(default=None, repr=False)
 
     def __call__(self, symbol: str, closes: pd.Series, interval: str) -> ForecastSummary:
@@ -266,7 +268,9 @@ class InProcessForecasts:
             self._loaded = loaded, {s.name: s.weight for s in specs}, failed
         loaded, weights, failed = self._loaded
         context = min(self.context, len(closes))
-        doc = forecast_symbol(symbol, closes, loaded, weights, interval, self.horizon, LEVELS, context, failed)
+        doc = forecast_symbol(
+            symbol, closes, loaded, weights, interval, self.horizon, LEVELS, context, failed, state=self.state
+        )
         return summarise_forecast(doc)
 
 
@@ -291,5 +295,8 @@ class ApiForecasts:
 
 
 def make_forecasts(settings: Settings, serve_url: str | None = None, **options: Any) -> Forecasts:
-    """The served API when ``serve_url`` is given, else the models in this process."""
-    return ApiForecasts(serve_url, **options) if serve_url else InProcessForecasts(settings, **options)
+    """The served API when ``serve_url`` is given, else the models in this process (with the live
+    calibration state when one was learned: ``fmtrade calibrate``)."""
+    if serve_url:
+        return ApiForecasts(serve_url, **options)
+    return InProcessForecasts(settings, state=LiveState.load_if_present(settings.live_state_path()), **options)
