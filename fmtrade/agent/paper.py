@@ -18,6 +18,7 @@ from pydantic import BaseModel, Field
 
 from fmtrade.agent.broker import Account, OrderIntent, OrderState, Position
 from fmtrade.backtest.simulator import Costs, trade
+from fmtrade.config import Settings
 from fmtrade.errors import InputError
 
 PriceSource = Callable[[str], float]
@@ -47,6 +48,12 @@ class PaperBroker:
         self.price_source = price_source
         self.state = PaperState(cash=float(initial_equity))
         self._ids = itertools.count(1)
+
+    @classmethod
+    def from_settings(cls, settings: Settings) -> PaperBroker:
+        """The backtest's costs (``backtest.*_bps``, ``min_trade_notional``) and ``agent.initial_equity``."""
+        b = settings.backtest
+        return cls(Costs(b.taker_fee_bps, b.slippage_bps, b.min_trade_notional), settings.agent.initial_equity)
 
     # State -----------------------------------------------------------------------------
     def dump(self) -> str:

@@ -68,8 +68,6 @@ def _configured(cfg: Settings, reasoner: str | None, broker: str | None) -> Sett
 
 
 def _broker(cfg: Settings, journal: Any, run_id: str | None, base_url: str | None, live: bool, category: str) -> Any:
-    from fmtrade.backtest.simulator import Costs
-
     if cfg.agent.broker == "bybit":
         from fmtrade.agent.bybit import BybitBroker
 
@@ -78,8 +76,7 @@ def _broker(cfg: Settings, journal: Any, run_id: str | None, base_url: str | Non
         fail("--live: only with --broker bybit (the paper broker never sends an order)")
     from fmtrade.agent.paper import PaperBroker
 
-    b = cfg.backtest
-    paper = PaperBroker(Costs(b.taker_fee_bps, b.slippage_bps, b.min_trade_notional), cfg.agent.initial_equity)
+    paper = PaperBroker.from_settings(cfg)
     saved = journal.broker_state(run_id, paper.name) if run_id else None
     if saved is not None:  # resuming: the paper account as the journal left it
         paper.restore(saved)
@@ -120,13 +117,13 @@ def _ctrl_c_stops_after_the_cycle() -> Iterator[threading.Event]:
         signal.signal(signal.SIGINT, previous)
 
 
-def _decision_rows(decisions: list[dict[str, Any]]) -> list[dict[str, Any]]:
+def decision_rows(decisions: list[dict[str, Any]]) -> list[dict[str, Any]]:
     return [d | {"reasons": "; ".join(d.get("reasoning") or [])} for d in decisions]
 
 
 def _show_cycle(result: Any) -> None:
     title = f"cycle {result.cycle} at {result.at:%Y-%m-%d %H:%M} UTC (run {result.run_id})"
-    print_table(_decision_rows(result.decisions), DECISION_COLUMNS, title=title)
+    print_table(decision_rows(result.decisions), DECISION_COLUMNS, title=title)
     if result.fills:
         print_table(result.fills, ["symbol", "side", "qty", "price", "fee"], title="fills")
     for error in result.errors:

@@ -10,18 +10,24 @@
    prints the table and writes the HTML report;
 4. serve: start the Ray Serve application over the synced store, query it over HTTP for
    each symbol and print the ensemble forecast with its 80% interval.
+5. agent: one trading-agent cycle at the last bar's close (rules reasoner, paper broker, the
+   ensemble in-process) against the replay server over the synced store; prints the decisions
+   with their reasons (journal in the work directory, not the user's).
 
 The CLI is the top layer, so it may call the Ray layers (``fmtrade.jobs``, ``fmtrade.serve``) lazily.
 """
 
 from __future__ import annotations
 
+import contextlib
 import tempfile
+from collections.abc import Sequence
 from pathlib import Path
 
 import pandas as pd
 import typer
 
+from fmtrade.cli.agent import DECISION_COLUMNS, decision_rows
 from fmtrade.cli.common import (
     JSON_OPTION,
     PRETRAIN_MINUTES_OPTION,
@@ -33,6 +39,8 @@ from fmtrade.cli.common import (
     zoo_build_options,
 )
 from fmtrade.cli.data import progress_bar
+from fmtrade.config import Settings
+from fmtrade.demo import DemoResult
 
 
 def demo(
@@ -96,10 +104,36 @@ def demo(
             report["forecasts"] = interval_rows(docs)
             _show(as_json, report["forecasts"], list(report["forecasts"][0]),
                   "4. served ensemble forecast, 24 h ahead: median and 80% interval")  # fmt: skip
+
+        report["agent"] = _agent_cycle(cfg, names, category, data, Path(workdir or scratch))
+        _show(as_json, decision_rows(report["agent"]["decisions"]), DECISION_COLUMNS,
+              f"5. agent cycle at {report['agent']['at']}: rules reasoner, paper broker, replay server")  # fmt: skip
     if as_json:
         from fmtrade.backtest.outputs import clean
 
         emit_json(clean(report))
+
+
+def _agent_cycle(cfg: Settings, symbols: Sequence[str], category: str, data: DemoResult, workdir: Path) -> dict:
+    """One agent cycle at the close of the last stored bar, over a replay server of the synced store."""
+    from fmtrade.agent.journal import Journal
+    from fmtrade.agent.loop import Agent, LiveSource
+    from fmtrade.agent.observe import make_forecasts
+    from fmtrade.agent.paper import PaperBroker
+    from fmtrade.agent.reasoners import RulesReasoner
+    from fmtrade.data.bybit import BybitClient
+    from fmtrade.data.replay import ReplayServer
+    from fmtrade.demo import INTERVAL
+
+    now = max(s.last for s in data.series) + pd.Timedelta(hours=1)
+    with contextlib.ExitStack() as stack:
+        server = stack.enter_context(ReplayServer(data.synced_store, now=now))
+        client = stack.enter_context(BybitClient.from_settings(cfg.data, server.url))
+        journal = stack.enter_context(Journal(workdir / "agent" / "journal.sqlite"))
+        source = LiveSource(client, category, INTERVAL)
+        agent = Agent(cfg, PaperBroker.from_settings(cfg), RulesReasoner(), journal, source, symbols=symbols,
+                      forecasts=make_forecasts(cfg))  # fmt: skip
+        return agent.run_cycle().to_dict()
 
 
 def _show(as_json: bool, rows: list[dict], columns: list[str], title: str) -> None:
