@@ -3,6 +3,12 @@
 from __future__ import annotations
 
 import json
+import os
+import signal
+import sqlite3
+import subprocess
+import sys
+import time
 
 import numpy as np
 import pandas as pd
@@ -128,3 +134,31 @@ def test_bad_input_exits_2_with_one_line(replay, capsys, extra, message) -> None
 def test_journal_without_a_journal_exits_2(capsys) -> None:
     code, _, err = run_cli(["agent", "journal"], capsys)
     assert code == 2 and "no journal" in err
+
+
+def test_ctrl_c_ends_the_run_after_the_cycle_and_prints_the_portfolio(replay, tmp_path) -> None:
+    """A real process and a real SIGINT: the frozen replay clock keeps `--every 1h` waiting after cycle 1."""
+    env = dict(os.environ, FMTRADE_HOME=str(tmp_path / "home"))
+    argv = [sys.executable, "-m", "fmtrade", *RUN, "--base-url", replay.url, "--every", "1h", "--run-id", "sig"]
+    process = subprocess.Popen(argv, env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    journal = tmp_path / "home" / "agent" / "journal.sqlite"
+    deadline = time.monotonic() + 120
+    while not _cycles_done(journal):
+        assert process.poll() is None and time.monotonic() < deadline, process.communicate()[1][-2000:]
+        time.sleep(0.2)
+    process.send_signal(signal.SIGINT)
+    out, err = process.communicate(timeout=60)
+    assert process.returncode == 0, err[-2000:]
+    assert "stopping after the current cycle" in err and "Traceback" not in err
+    assert "cycle 1" in out and "portfolio: equity" in out and "UPUSDT" in out
+    assert _cycles_done(journal) == 1
+
+
+def _cycles_done(path) -> int:
+    if not path.exists():
+        return 0
+    with sqlite3.connect(path) as db:
+        try:
+            return int(db.execute("SELECT COUNT(*) FROM cycles WHERE status = 'done'").fetchone()[0])
+        except sqlite3.OperationalError:  # the schema is still being created
+            return 0
