@@ -230,3 +230,8 @@ def journal(
     print_table(doc["orders"], ["cycle", "symbol", "side", "qty", "status", "order_link_id", "exchange_id", "reason"],
                 title="orders")  # fmt: skip
     print_table(doc["equity"], ["cycle", "at", "equity", "cash", "gross_exposure"], title="equity")
+
+
+from fmtrade.cli import agent_backtest  # noqa: E402 - registered after this module's own commands
+
+app.command("backtest")(agent_backtest.backtest)
