@@ -68,7 +68,7 @@ def replay(market_store):
 
 @pytest.fixture
 def source(replay):
-    replay.now, replay.speed, replay.faults = NOW, 0, None
+    replay.speed, replay.now, replay.faults = 0, NOW, None  # speed first: stopping a fast clock freezes it
     with BybitClient(replay.url, rate_limiter=None) as client:
         yield LiveSource(client, "linear", "60")
 
@@ -164,19 +164,22 @@ def test_a_restart_after_a_crash_looks_the_order_up_instead_of_placing_it_again(
     assert all(order.status == "Filled" for order in exchange.state.orders.values())
 
 
-def test_the_kill_switch_flattens_and_stops_the_run(source) -> None:
+def test_the_kill_switch_flattens_and_stops_the_run(source, replay) -> None:
     broker = PaperBroker(Costs(), 100_000.0)
     agent = _agent(source, broker, Always(), daily_loss_limit=0.02)
     first = agent.run_cycle()
     assert first.stopped is None and broker.account().positions
     broker.state.cash -= 0.05 * broker.account().equity  # a 5% loss within the day
-    second = agent.run_cycle(NOW + pd.Timedelta(hours=1))
+    replay.now = NOW + pd.Timedelta(hours=1)
+    with pytest.raises(InputError, match="after the market's clock"):
+        agent.run_cycle(NOW + pd.Timedelta(hours=2))
+    second = agent.run_cycle()
     assert second.stopped is not None and "flatten" in second.stopped
     assert [c["rule"] for c in second.clamps] == ["daily_loss"] and not second.decisions
     assert not broker.account().positions and second.portfolio["positions"] == {}
     assert all(o["status"] == "Filled" for o in second.orders) and len(second.orders) == 2
     with pytest.raises(InputError, match="stopped"):
-        agent.run_cycle(NOW + pd.Timedelta(hours=2))
+        agent.run_cycle()
 
 
 def test_every_runs_on_the_servers_fast_clock(source, replay) -> None:
@@ -191,3 +194,19 @@ def test_every_runs_on_the_servers_fast_clock(source, replay) -> None:
     stop = threading.Event()
     stop.set()  # Ctrl-C: the cycle under way completes, then the run ends
     assert len(agent.run(every=pd.Timedelta(hours=1), stop=stop)) == 1
+
+
+def test_outcomes_are_filled_in_once_the_horizon_has_passed(source, replay, market_store) -> None:
+    agent = _agent(source, PaperBroker(Costs(), 100_000.0), Always())
+    agent.run_cycle()
+    assert agent.journal.rows("outcomes", agent.run_id) == []  # the horizon (one bar, no forecast) is ahead
+    replay.now = NOW + pd.Timedelta(hours=2)
+    agent.run_cycle()
+    outcomes = {o["symbol"]: o for o in agent.journal.rows("outcomes", agent.run_id) if o["cycle"] == 1}
+    targets = {d["symbol"]: d["target_qty"] for d in agent.journal.rows("decisions", agent.run_id) if d["cycle"] == 1}
+    for symbol in SYMBOLS:
+        bars = market_store.read(symbol, "60", category="linear")
+        before, after = bars["close"][NOW - pd.Timedelta(hours=1)], bars["close"][NOW]
+        assert outcomes[symbol]["realised_return"] == pytest.approx(after / before - 1)
+        assert outcomes[symbol]["pnl"] == pytest.approx(targets[symbol] * (after - before))
+        assert outcomes[symbol]["forecast_error"] is None

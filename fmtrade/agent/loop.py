@@ -157,7 +157,10 @@ class Agent:
         if stopped is not None:
             raise InputError("run_id", f"run {self.run_id} was stopped ({stopped}); start a new run")
         explicit = as_utc(at) if at is not None else None
-        moment = explicit if explicit is not None else self.source.clock()
+        clock = self.source.clock()
+        if explicit is not None and explicit > clock:  # the source would hand out still-open bars as closed
+            raise InputError("at", f"{explicit.isoformat()} is after the market's clock {clock.isoformat()}")
+        moment = explicit if explicit is not None else clock
         cycle, self.next_cycle = self.next_cycle, self.next_cycle + 1
         self.journal.start_cycle(self.run_id, cycle, moment.to_pydatetime())
         result = CycleResult(self.run_id, cycle, moment)
