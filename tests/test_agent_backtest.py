@@ -122,16 +122,27 @@ def test_rules_agent_beside_buy_and_hold_and_threshold(store, tmp_path):
 def test_llm_run_replays_from_the_cassette_bit_identically(store, tmp_path):
     tape = tmp_path / "answers.jsonl"
     kinds = ["valid", "malformed", "out_of_range", "refusal", "valid", "429", "valid", "uncited"]
+    feed = tmp_path / "events.jsonl"
+    stamps = pd.date_range("2023-01-24T12:00", "2023-02-06", freq="30h", tz="UTC")
+    feed.write_text(
+        "".join(json.dumps({"time": t.isoformat(), "text": f"headline {i}"}) + "\n" for i, t in enumerate(stamps))
+    )
+    options = {"forecast": False, "cassette": str(tape), "events": str(feed), **RANGE}
     with FakeOpenAI(kinds * 10) as llm:
-        job = prepare(llm_settings(llm.url), SYMBOLS, None, store, forecast=False, cassette=str(tape), **RANGE)
+        job = prepare(llm_settings(llm.url), SYMBOLS, None, store, **options)
         run_local(job, tmp_path / "first")
-        asked = len(llm.requests)
-    assert asked >= len(job.windows()["AAAUSDT"]) * len(SYMBOLS)
+        asked = [json.loads(r["body"]["messages"][1]["content"].split("\n", 1)[1].split("\n")[0]) for r in llm.requests]
+    assert len(asked) >= len(job.windows()["AAAUSDT"]) * len(SYMBOLS)
+    # The LLM saw the headlines published before each decision, and none after it.
+    for observation in asked:
+        seen = [pd.Timestamp(e["time"]) for e in observation["events"]]
+        assert seen == [t for t in stamps if t < pd.Timestamp(observation["time"])]
+    assert any(observation["events"] for observation in asked)
     reasoners = {json.loads(x)["reasoner"] for x in (tmp_path / "first" / "decisions.jsonl").read_text().splitlines()}
     assert reasoners == {"llm", "llm->rules"}  # answers taken and bad ones replaced by the rules
     recorded = tape.read_bytes()
     # The server is gone: a live call would fail and fall back differently; the cassette answers instead.
-    job = prepare(llm_settings(llm.url), SYMBOLS, None, store, forecast=False, cassette=str(tape), **RANGE)
+    job = prepare(llm_settings(llm.url), SYMBOLS, None, store, **options)
     run_local(job, tmp_path / "second")
     first = sorted(p.relative_to(tmp_path / "first") for p in (tmp_path / "first").rglob("*") if p.is_file())
     second = sorted(p.relative_to(tmp_path / "second") for p in (tmp_path / "second").rglob("*") if p.is_file())
@@ -177,3 +188,27 @@ def test_bad_input_exits_2_naming_the_field(store, tmp_path, capsys, change, mes
     assert code == 2 and out == ""
     assert err.startswith(message) and err.count("\n") == 1, err
     assert not out_dir.exists() and not ray.is_initialized()
+
+
+@pytest.mark.slow
+def test_cli_runs_the_ray_job_and_matches_the_local_core(store, tmp_path, capsys):
+    import ray
+
+    argv = ["agent", "backtest", "--symbols", ",".join(SYMBOLS), "--start", RANGE["start"], "--end", RANGE["end"],
+            "--category", "linear", "--models", ",".join(MODELS), "--store", store, "--out", str(tmp_path / "ray"),
+            "--address", "local", "--json"]  # fmt: skip
+    try:
+        code, out, err = run_cli(argv, capsys)
+    finally:
+        ray.shutdown()
+    assert code == 0, err
+    summary = json.loads(out)
+    assert {(r["symbol"], r["model"]) for r in summary} == {
+        (s, m) for s in SYMBOLS for m in ("agent", "buy-and-hold", "threshold")
+    }
+    run_local(prepare(load_settings(), SYMBOLS, MODELS, store, **RANGE), tmp_path / "local")
+    assert summary == json.loads((tmp_path / "local" / "summary.json").read_text())
+    # Ray's tasks made the same decisions, in the same order, with the same books as the core alone.
+    for name in ("decisions.jsonl", "summary.json", "positions.parquet", "trades.parquet"):
+        assert (tmp_path / "ray" / name).read_bytes() == (tmp_path / "local" / name).read_bytes(), name
+    assert "report.html" in err
