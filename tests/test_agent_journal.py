@@ -108,4 +108,7 @@ def test_equity_day_start_and_outcomes(tmp_path) -> None:
         assert [d["cycle"] for d in journal.open_decisions("r")] == [1]
         journal.record_outcome("r", 1, "AAAUSDT", AT.replace(hour=13), 0.02, 0.01, 0.2)
         assert journal.open_decisions("r") == []
-        assert journal.recent_outcomes("r", "AAAUSDT")[0]["realised_return"] == 0.02
+        (line,) = journal.outcome_lines("r", "AAAUSDT")
+        assert line.startswith("cycle 1: long (conviction 0.40); by 2024-03-01T13:00Z the return was +0.0200")
+        assert "forecast error +0.0100" in line and "pnl of the target position +0.20" in line
+        assert journal.outcome_lines("r", "BBBUSDT") == []

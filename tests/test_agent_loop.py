@@ -10,15 +10,19 @@ import pytest
 
 from fmtrade.agent.bybit import BybitBroker
 from fmtrade.agent.journal import Journal
+from fmtrade.agent.llm import LLMReasoner
 from fmtrade.agent.loop import Agent, LiveSource
 from fmtrade.agent.paper import PaperBroker
 from fmtrade.agent.reasoners import RulesReasoner
 from fmtrade.agent.schemas import Decision, DecisionRecord, Observation
 from fmtrade.backtest.simulator import Costs
-from fmtrade.config import load_settings
+from fmtrade.config import AgentSettings, load_settings
 from fmtrade.data.bybit import BybitClient
 from fmtrade.data.replay import Faults, ReplayServer
 from fmtrade.errors import InputError
+from tests.fake_openai import FakeOpenAI
+
+FAKE_KEY = "sk-fake-loop-9Jd2"
 
 SYMBOLS = ["AAAUSDT", "BBBUSDT"]
 NOW = pd.Timestamp("2022-02-10T00:00:00Z")  # well inside the session store's 2500 hourly bars
@@ -210,3 +214,20 @@ def test_outcomes_are_filled_in_once_the_horizon_has_passed(source, replay, mark
         assert outcomes[symbol]["realised_return"] == pytest.approx(after / before - 1)
         assert outcomes[symbol]["pnl"] == pytest.approx(targets[symbol] * (after - before))
         assert outcomes[symbol]["forecast_error"] is None
+
+
+def test_the_llm_reasoner_decides_in_the_loop_and_reads_its_recent_outcomes(source, replay) -> None:
+    with FakeOpenAI(["valid"]) as fake:
+        settings = AgentSettings(llm_base_url=fake.url, llm_model="fake-model", llm_api_key=FAKE_KEY)
+        agent = _agent(source, PaperBroker(Costs(), 100_000.0), LLMReasoner(settings))
+        first = agent.run_cycle()
+        replay.now = NOW + pd.Timedelta(hours=2)
+        agent.run_cycle()
+        prompts = [r["body"]["messages"][1]["content"] for r in fake.requests]
+    assert [d["reasoner"] for d in first.decisions] == ["llm", "llm"] and len(first.fills) == 2
+    assert len(prompts) == 4 and all("Recent outcomes" not in p for p in prompts[:2])
+    for symbol, prompt in zip(SYMBOLS, prompts[2:], strict=True):
+        assert f"Recent outcomes of your decisions on {symbol}:\n- cycle 1: long (conviction 0.80)" in prompt
+    decisions = agent.journal.rows("decisions", agent.run_id)
+    assert all(d["prompt_tokens"] > 0 and d["raw_answer"] for d in decisions)
+    assert FAKE_KEY.encode() not in agent.journal.path.read_bytes()

@@ -296,11 +296,23 @@ class Journal:
                 (run_id, cycle, symbol, horizon_end.isoformat(), realised_return, forecast_error, pnl),
             )
 
-    def recent_outcomes(self, run_id: str, symbol: str, n: int = 5) -> list[dict[str, Any]]:
+    def outcome_lines(self, run_id: str, symbol: str, n: int = 5) -> list[str]:
+        """The last ``n`` realised outcomes of ``symbol``'s decisions, oldest first, as lines for an LLM prompt."""
         rows = self._db.execute(
-            "SELECT * FROM outcomes WHERE run_id = ? AND symbol = ? ORDER BY cycle DESC LIMIT ?", (run_id, symbol, n)
-        )
-        return [dict(r) for r in rows]
+            "SELECT u.cycle, u.horizon_end, d.action, d.conviction, u.realised_return, u.forecast_error, u.pnl "
+            "FROM outcomes u JOIN decisions d ON d.run_id = u.run_id AND d.cycle = u.cycle AND d.symbol = u.symbol "
+            "WHERE u.run_id = ? AND u.symbol = ? ORDER BY u.cycle DESC LIMIT ?",
+            (run_id, symbol, n),
+        ).fetchall()
+        lines = []
+        for cycle, end, action, conviction, realised, error, pnl in reversed(rows):
+            error_text = "n/a" if error is None else f"{error:+.4f}"
+            pnl_text = "n/a" if pnl is None else f"{pnl:+.2f}"
+            lines.append(
+                f"cycle {cycle}: {action} (conviction {conviction:.2f}); by {end[:16]}Z the return was "
+                f"{realised:+.4f}, forecast error {error_text}, pnl of the target position {pnl_text}"
+            )
+        return lines
 
     # Reading ---------------------------------------------------------------------------
     def rows(self, table: str, run_id: str | None = None, last_cycles: int | None = None) -> list[dict[str, Any]]:

@@ -1,12 +1,13 @@
 """The agent loop: per cycle, observe every symbol, decide, apply risk, place, and journal it all.
 
 One cycle (:meth:`Agent.run_cycle`): reconcile orders a crash or a timeout left unanswered (looked up
-at the broker, never placed again), gather market data per symbol, mark the paper account and settle
-its funding, check the daily-loss kill switch (flatten and stop), then per symbol observe -> decide ->
-risk -> place; fill in the outcome of earlier decisions whose horizon has passed; record equity.
-A symbol that fails is journaled in ``errors`` and the others go on. :meth:`Agent.run` repeats cycles
-``every`` interval of the *source's* clock, so against a replay server running faster than real
-time many cycles pass in seconds. A run id given again resumes its journal: the cycle numbers go on.
+at the broker, never placed again), gather market data per symbol, fill in the outcome of earlier
+decisions whose horizon has passed (an LLM reasoner reads the latest in its prompt), mark the paper
+account and settle its funding, check the daily-loss kill switch (flatten and stop), then per symbol
+observe -> decide -> risk -> place; record equity. A symbol that fails is journaled in ``errors``
+and the others go on. :meth:`Agent.run` repeats cycles ``every`` interval of the *source's* clock,
+so against a replay server running faster than real time many cycles pass in seconds. A run id given
+again resumes its journal: the cycle numbers go on.
 """
 
 from __future__ import annotations
@@ -25,6 +26,7 @@ import pandas as pd
 from fmtrade.agent.broker import Account, Broker, OrderIntent, OrderState
 from fmtrade.agent.events import EventFeed
 from fmtrade.agent.journal import Journal
+from fmtrade.agent.llm import LLMReasoner
 from fmtrade.agent.observe import Forecasts, MarketData, as_utc, gather_live
 from fmtrade.agent.paper import PaperBroker
 from fmtrade.agent.risk import Clamp, RiskManager
@@ -145,6 +147,8 @@ class Agent:
             "broker": broker.name, "reasoner": reasoner.name,
         }  # fmt: skip
         self.next_cycle = journal.start_run(self.run_id, config)
+        if isinstance(reasoner, LLMReasoner) and reasoner.outcomes is None:  # recent results go into the prompt
+            reasoner.outcomes = partial(journal.outcome_lines, self.run_id)
         self._funded_until: dict[str, pd.Timestamp] = {}
         for cycle in journal.unfinished_cycles(self.run_id):  # a crash mid-cycle: settle what it sent
             self._reconcile(cycle, None)
@@ -166,6 +170,7 @@ class Agent:
         result = CycleResult(self.run_id, cycle, moment)
         self._reconcile(cycle, result)
         market = self._gather(cycle, explicit, result)
+        self._outcomes(market)  # before deciding: an LLM reads the latest results in its prompt
         account = self._mark(market)
         kill = self.risk.kill_switch(account, self._day_start(moment, account))
         if kill is not None:
@@ -173,7 +178,6 @@ class Agent:
         else:
             for data in market.values():
                 self._guarded(cycle, data.symbol, "decide", result, partial(self._trade, cycle, data, result))
-            self._outcomes(cycle, market, result)
         self._close_cycle(cycle, moment, result)
         return result
 
@@ -302,12 +306,12 @@ class Agent:
             self._guarded(cycle, intent.symbol, "flatten", result, partial(self._place, cycle, intent, result))
 
     # Outcomes and bookkeeping ----------------------------------------------------------------
-    def _outcomes(self, cycle: int, market: dict[str, MarketData], result: CycleResult) -> None:
+    def _outcomes(self, market: dict[str, MarketData]) -> None:
         """Realised return, forecast error and PnL of earlier decisions whose horizon has passed."""
         for row in self.journal.open_decisions(self.run_id):
             data = market.get(row["symbol"])
             observation: Observation = row["observation"]
-            if data is None or row["cycle"] == cycle:
+            if data is None:
                 continue
             horizon = observation.forecast.horizon if observation.forecast is not None else 1
             bar = interval_offset(data.interval)
