@@ -10,7 +10,7 @@ import pytest
 from fmtrade.agent.broker import Account, Position, order_link_id
 from fmtrade.agent.risk import RiskManager, floor_to_step
 from fmtrade.agent.schemas import Decision, DecisionRecord, ForecastSummary, Indicators, Observation
-from fmtrade.backtest.strategies import _Z90
+from fmtrade.backtest.strategies import Z90
 from fmtrade.config import AgentSettings
 from fmtrade.data.bybit import Instrument
 
@@ -49,7 +49,7 @@ def _risk(**limits: float) -> RiskManager:
 def test_volatility_target_sizing_mirrors_the_backtest_strategy() -> None:
     risk = _risk(target_volatility=0.5, max_notional_per_symbol=1e9, max_gross_exposure=10, max_leverage=10)
     plan = risk.plan("run", 3, _record("long", 0.5), _obs(), _account())
-    sigma = 0.04 / (2 * _Z90)
+    sigma = 0.04 / (2 * Z90)
     fraction = 0.5 * 0.5 * math.sqrt(24 / (24 * 365)) / sigma
     assert plan.target_qty == floor_to_step(fraction * 100_000 / 100.0, 0.01)
     assert plan.intent is not None and plan.intent.side == "Buy" and plan.intent.qty == plan.target_qty

@@ -13,7 +13,8 @@ from fmtrade.models.zoo import build_zoo
 from tests.conftest import run_cli
 
 KEYS = {
-    "symbol", "horizon", "timestamps", "last_value", "models", "ensemble", "weights", "failed", "latency_ms", "calibration",
+    "symbol", "horizon", "timestamps", "last_value", "models", "ensemble", "weights", "failed", "latency_ms",
+    "calibration",
 }  # fmt: skip
 
 

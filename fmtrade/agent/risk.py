@@ -18,7 +18,7 @@ from dataclasses import dataclass, field
 
 from fmtrade.agent.broker import Account, OrderIntent, order_link_id
 from fmtrade.agent.schemas import DecisionRecord, Observation
-from fmtrade.backtest.strategies import _Z90
+from fmtrade.backtest.strategies import Z90
 from fmtrade.config import AgentSettings
 from fmtrade.data.bybit import Instrument
 
@@ -70,7 +70,7 @@ class RiskManager:
         """(horizon-return sigma, horizon in bars) from the forecast's quantiles, else realised volatility."""
         forecast = observation.forecast
         if forecast is not None and forecast.q90 > forecast.q10:
-            return max((forecast.q90 - forecast.q10) / (2 * _Z90), 1e-9), forecast.horizon
+            return max((forecast.q90 - forecast.q10) / (2 * Z90), 1e-9), forecast.horizon
         vol = observation.indicators.volatility_24h
         if vol is not None and vol > 0:
             return vol, 1

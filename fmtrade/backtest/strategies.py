@@ -15,8 +15,8 @@ from fmtrade.backtest.config import BacktestConfig
 from fmtrade.data.intervals import bars_per_year
 from fmtrade.models.base import Forecast
 
-# Half the distance between the 10% and 90% quantiles of a normal is 1.2816 sigma.
-_Z90 = 1.2815515655446004
+#: Half the distance between the 10% and 90% quantiles of a normal is 1.2816 sigma.
+Z90 = 1.2815515655446004
 
 
 class Strategy(Protocol):
@@ -61,7 +61,7 @@ class RiskStrategy:
     def targets(self, forecast: Forecast) -> np.ndarray:
         last = forecast.last_values
         spread = (forecast.quantile(0.9)[:, -1] - forecast.quantile(0.1)[:, -1]) / last
-        sigma = np.maximum(spread / (2 * _Z90), 1e-9)
+        sigma = np.maximum(spread / (2 * Z90), 1e-9)
         conviction = np.clip(forecast.expected_return() / sigma, -1.0, 1.0)
         target_sigma = self.target_volatility * np.sqrt(forecast.horizon / self.periods_per_year)
         return np.clip(conviction * target_sigma / sigma, -self.max_leverage, self.max_leverage)

@@ -18,6 +18,7 @@ import pandas as pd
 import typer
 
 from fmtrade.cli.common import (
+    BASE_URL_OPTION,
     CATEGORY_OPTION,
     CONTEXT_OPTION,
     HORIZON_OPTION,
@@ -164,7 +165,7 @@ def run(
     models: str = MODELS_OPTION,
     context: int = CONTEXT_OPTION,
     horizon: int = HORIZON_OPTION,
-    base_url: str = typer.Option(None, "--base-url", help="Bybit or replay server URL (default data.base_url)."),
+    base_url: str = BASE_URL_OPTION,
     events: str = typer.Option(None, "--events", help="JSONL event feed (file or URL) the LLM reasoner may read."),
     run_id: str = typer.Option(None, "--run-id", help="Resume this run's journal (default: a new run)."),
     as_json: bool = JSON_OPTION,

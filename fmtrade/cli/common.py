@@ -45,6 +45,7 @@ INTERVAL_OPTION = typer.Option(
 )
 SYMBOLS_OPTION = typer.Option(..., "--symbols", help="Comma-separated symbols, e.g. BTCUSDT,ETHUSDT.")
 SYMBOL_OPTION = typer.Option(..., "--symbol", help="Symbol, e.g. BTCUSDT.")
+BASE_URL_OPTION = typer.Option(None, "--base-url", help="Bybit or replay server URL (default data.base_url).")
 MODELS_OPTION = typer.Option(None, "--models", help="Comma-separated registry names (default: all enabled).")
 CONTEXT_OPTION = typer.Option(512, "--context", help="Bars of history each forecast sees.")
 HORIZON_OPTION = typer.Option(24, "--horizon", help="Bars forecast per window.")

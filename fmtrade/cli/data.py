@@ -9,6 +9,7 @@ from contextlib import contextmanager
 import typer
 
 from fmtrade.cli.common import (
+    BASE_URL_OPTION,
     CATEGORY_OPTION,
     INTERVAL_OPTION,
     JSON_OPTION,
@@ -59,7 +60,7 @@ def sync(
     category: str = CATEGORY_OPTION,
     start: str = typer.Option(..., "--start", help="First bar to hold (ISO date/time, UTC)."),
     end: str = typer.Option(None, "--end", help="Last bar to hold (default: the last closed bar)."),
-    base_url: str = typer.Option(None, "--base-url", help="Bybit or replay server URL (default data.base_url)."),
+    base_url: str = BASE_URL_OPTION,
     no_funding: bool = typer.Option(False, "--no-funding", help="Skip funding rates (linear/inverse)."),
     open_interest: str = typer.Option(None, "--open-interest", help="Also sync open interest: 5min ... 1h 4h 1d."),
     store: str = STORE_OPTION,
