@@ -10,6 +10,7 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 import pytest
+from pydantic import SecretStr
 
 from fmtrade.agent.backtest import AgentBacktestRun, backtest_symbol, merge_cassettes, write_agent_run
 from fmtrade.backtest.engine import forecast_assets
@@ -47,9 +48,13 @@ def store(tmp_path_factory) -> str:
     return write_store(tmp_path_factory.mktemp("agent-bt-store"))
 
 
+FAKE_KEY = "sk-fake-agent-backtest-0123456789"
+
+
 def llm_settings(url: str) -> Settings:
     cfg = load_settings()
-    agent = cfg.agent.model_copy(update={"reasoner": "llm", "llm_base_url": url, "llm_timeout_s": 5.0})
+    update = {"reasoner": "llm", "llm_base_url": url, "llm_timeout_s": 5.0, "llm_api_key": SecretStr(FAKE_KEY)}
+    agent = cfg.agent.model_copy(update=update)
     return cfg.model_copy(update={"agent": agent})
 
 
@@ -150,6 +155,10 @@ def test_llm_run_replays_from_the_cassette_bit_identically(store, tmp_path):
     for name in first:
         assert (tmp_path / "first" / name).read_bytes() == (tmp_path / "second" / name).read_bytes(), name
     assert tape.read_bytes() == recorded
+    # The key went to the endpoint (Authorization header) and nowhere else.
+    assert all(r["headers"]["Authorization"] == f"Bearer {FAKE_KEY}" for r in llm.requests)
+    files = [tape, *(p for p in tmp_path.rglob("*") if p.is_file())]
+    assert not [p for p in files if FAKE_KEY.encode() in p.read_bytes()]
 
 
 def test_perturbing_later_bars_leaves_earlier_decisions_unchanged(store, tmp_path):
@@ -172,7 +181,7 @@ def test_perturbing_later_bars_leaves_earlier_decisions_unchanged(store, tmp_pat
     [
         ({"--start": "2023-02-05", "--end": "2023-02-01"}, "error: end: "),
         ({"--symbols": "AAAUSDT,NOPEUSDT"}, "error: symbols: NOPEUSDT: no linear/60 bars"),
-        ({"--every": "0"}, "error: rebalance: must be a positive integer"),
+        ({"--every": "0"}, "error: --every: must be a positive number of bars"),
         ({"--reasoner": "oracle"}, "error: --reasoner: expected one of rules, llm"),
         ({"--cassette": "x.jsonl"}, "error: --cassette: records LLM answers"),
     ],

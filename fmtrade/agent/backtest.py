@@ -14,6 +14,7 @@ re-run is bit-identical. No Ray here: ``jobs/agent_backtest.py`` runs one task p
 
 from __future__ import annotations
 
+import html
 import json
 import tempfile
 from collections.abc import Mapping, Sequence
@@ -331,8 +332,6 @@ def merge_cassettes(path: str | Path, recorded: Sequence[str | None]) -> Cassett
 
 
 def decisions_html(decisions: Sequence[dict[str, Any]]) -> str:
-    import html
-
     head = "<tr><th>time</th><th>symbol</th><th>action</th><th>confidence</th><th>size</th><th>reasons</th></tr>"
     rows = "".join(
         f"<tr><td>{html.escape(str(d['time']))}</td><td>{html.escape(d['symbol'])}</td>"

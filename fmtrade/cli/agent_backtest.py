@@ -13,6 +13,7 @@ from fmtrade.cli.common import (
     STORE_OPTION,
     SYMBOLS_OPTION,
     emit_json,
+    fail,
     market,
     print_table,
     settings,
@@ -47,6 +48,8 @@ def backtest(
     from fmtrade.cli.agent import _configured
     from fmtrade.jobs.agent_backtest import prepare, run_and_write
 
+    if every < 1:
+        fail(f"--every: must be a positive number of bars, got {every}")
     category, interval = market(category, interval)
     job = prepare(
         _configured(settings(), reasoner, None), split_csv(symbols, "--symbols"), split_csv(models, "--models") or None,
