@@ -161,7 +161,7 @@ def test_observation_does_not_change_when_the_future_does(market_store) -> None:
 
 def test_observe_refuses_a_history_with_no_closed_bar() -> None:
     bars = bars_frame(np.array([1.0, 2.0]), start="2024-01-01 10:00")
-    with pytest.raises(InputError, match="bars: no X bar of interval 60 closed by"):
+    with pytest.raises(InputError, match="bars: no X bar of interval 60 closed in the .* bars before"):
         observe("X", bars=bars, at=pd.Timestamp("2024-01-01 10:59", tz="UTC"), category="linear")
 
 

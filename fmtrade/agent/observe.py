@@ -113,7 +113,11 @@ def observe(
     at = as_utc(at)
     closed = closed_bars(bars, at, interval)
     if closed.empty:
-        raise InputError("bars", f"no {symbol} bar of interval {interval} closed by {at.isoformat()}")
+        raise InputError(
+            "bars",
+            f"no {symbol} bar of interval {interval} closed in the {len(bars)} bars before {at.isoformat()} "
+            "(a replay server over older data needs --now near its last bar)",
+        )
     known_book = book if book is not None and book.ts <= at and book.bids and book.asks else None
     return Observation(
         symbol=symbol,
