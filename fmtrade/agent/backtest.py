@@ -40,7 +40,7 @@ from fmtrade.backtest.engine import walk_forward
 from fmtrade.backtest.market import Market
 from fmtrade.backtest.outputs import clean, write_run
 from fmtrade.backtest.report import render_html
-from fmtrade.backtest.results import AssetResult, BacktestRun, _book, _trades, _trading_scores, run_asset
+from fmtrade.backtest.results import AssetResult, BacktestRun, book_frame, run_asset, trades_frame, trading_scores
 from fmtrade.backtest.simulator import Costs, Simulation
 from fmtrade.backtest.windows import Windows
 from fmtrade.config import Settings
@@ -272,14 +272,13 @@ def backtest_symbol(
         recorded = tape.path.read_text(encoding="utf-8") if tape is not None and tape.path.exists() else None
     columns = ["timestamp", "side", "units", "price", "notional", "cost"]
     sim = book.simulation(market, windows, pd.DataFrame(trades, columns=columns), config.initial_equity)
-    row = {"symbol": history.symbol, "model": AGENT, **_trading_scores(sim, config.interval)}
+    row = {"symbol": history.symbol, "model": AGENT, **trading_scores(sim, config.interval)}
+    agent_trades = trades_frame(sim, history.symbol, AGENT)
+    all_trades = [t for t in (agent_trades, benchmarks.trades) if not t.empty] or [benchmarks.trades]
     asset = AssetResult(
         history.symbol,
-        pd.concat([_book(sim, history.symbol, AGENT), benchmarks.positions], ignore_index=True),
-        pd.concat(
-            [t for t in (_trades(sim, history.symbol, AGENT), benchmarks.trades) if not t.empty] or [benchmarks.trades],
-            ignore_index=True,
-        ),  # fmt: skip
+        pd.concat([book_frame(sim, history.symbol, AGENT), benchmarks.positions], ignore_index=True),
+        pd.concat(all_trades, ignore_index=True),
         benchmarks.forecasts,
         [row, *benchmarks.metrics],
     )

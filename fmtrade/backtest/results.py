@@ -53,7 +53,7 @@ class BacktestRun:
         return [{k: row.get(k) for k in SUMMARY_FIELDS} for row in self.metrics]
 
 
-def _book(sim: Simulation, symbol: str, model: str) -> pd.DataFrame:
+def book_frame(sim: Simulation, symbol: str, model: str) -> pd.DataFrame:
     bars = sim.bars.copy()
     bars.insert(1, "symbol", symbol)
     bars.insert(2, "model", model)
@@ -62,7 +62,7 @@ def _book(sim: Simulation, symbol: str, model: str) -> pd.DataFrame:
     return bars
 
 
-def _trades(sim: Simulation, symbol: str, model: str) -> pd.DataFrame:
+def trades_frame(sim: Simulation, symbol: str, model: str) -> pd.DataFrame:
     trades = sim.trades.copy()
     trades.insert(1, "symbol", symbol)
     trades.insert(2, "model", model)
@@ -88,7 +88,7 @@ def _forecast_frame(windows: Windows, forecast: Forecast, targets: np.ndarray, t
     return frame
 
 
-def _trading_scores(sim: Simulation, interval: str) -> dict:
+def trading_scores(sim: Simulation, interval: str) -> dict:
     bars = sim.bars
     equity = bars["equity"].to_numpy()
     returns = equity / np.concatenate([[sim.initial_equity], equity[:-1]]) - 1.0
@@ -119,15 +119,15 @@ def run_asset(
         row: dict[str, object] = {"symbol": market.symbol, "model": model}
         if complete.any():
             row.update(metrics.forecast_metrics(forecast.take(np.flatnonzero(complete)), truth[complete], insample))
-        row.update(_trading_scores(sim, config.interval))
-        books.append(_book(sim, market.symbol, model))
-        trades.append(_trades(sim, market.symbol, model))
+        row.update(trading_scores(sim, config.interval))
+        books.append(book_frame(sim, market.symbol, model))
+        trades.append(trades_frame(sim, market.symbol, model))
         frames.append(_forecast_frame(windows, forecast, targets, truth))
         rows.append(row)
     bench = buy_and_hold(market, windows, costs, config.initial_equity)
-    rows.append({"symbol": market.symbol, "model": BUY_AND_HOLD, **_trading_scores(bench, config.interval)})
-    books.append(_book(bench, market.symbol, BUY_AND_HOLD))
-    trades.append(_trades(bench, market.symbol, BUY_AND_HOLD))
+    rows.append({"symbol": market.symbol, "model": BUY_AND_HOLD, **trading_scores(bench, config.interval)})
+    books.append(book_frame(bench, market.symbol, BUY_AND_HOLD))
+    trades.append(trades_frame(bench, market.symbol, BUY_AND_HOLD))
     return AssetResult(
         market.symbol,
         pd.concat(books, ignore_index=True),
