@@ -323,10 +323,8 @@ def merge_cassettes(path: str | Path, recorded: Sequence[str | None]) -> Cassett
     """Add the tasks' new exchanges to the cassette at ``path`` (tasks record into copies, in parallel)."""
     tape = Cassette(path)
     for text in recorded:
-        for line in (text or "").splitlines():
-            entry = json.loads(line)
-            if tape.get(entry["key"]) is None:
-                tape.put(entry["key"], entry["answer"])
+        if text:
+            tape.merge(text)
     return tape
 
 

@@ -32,14 +32,7 @@ class Cassette:
         self._answers: dict[str, Any] = {}
         self._lock = threading.Lock()
         if self.path.exists():
-            for number, line in enumerate(self.path.read_text(encoding="utf-8").splitlines(), start=1):
-                if not line.strip():
-                    continue
-                try:
-                    entry = json.loads(line)
-                    self._answers[str(entry["key"])] = entry["answer"]
-                except (json.JSONDecodeError, KeyError, TypeError):
-                    raise InputError(f"cassette {self.path}:{number}", "not a cassette entry") from None
+            self._answers.update(_entries(self.path.read_text(encoding="utf-8"), str(self.path)))
 
     def get(self, key: str) -> Any | None:
         return self._answers.get(key)
@@ -47,8 +40,32 @@ class Cassette:
     def put(self, key: str, answer: Any) -> None:
         with self._lock:
             self._answers[key] = answer
-            lines = (json.dumps({"key": k, "answer": a}, sort_keys=True) for k, a in self._answers.items())
-            write_text_atomic(self.path, "".join(f"{line}\n" for line in lines))
+            self._write()
+
+    def merge(self, text: str, origin: str = "recorded") -> None:
+        """Add the entries of another cassette's JSONL ``text`` that this one lacks (one write)."""
+        with self._lock:
+            for key, answer in _entries(text, origin):
+                self._answers.setdefault(key, answer)
+            self._write()
+
+    def _write(self) -> None:
+        lines = (json.dumps({"key": k, "answer": a}, sort_keys=True) for k, a in self._answers.items())
+        write_text_atomic(self.path, "".join(f"{line}\n" for line in lines))
 
     def __len__(self) -> int:
         return len(self._answers)
+
+
+def _entries(text: str, origin: str) -> list[tuple[str, Any]]:
+    """The ``(key, answer)`` entries of a cassette's JSONL text; a bad line names ``origin:line``."""
+    entries = []
+    for number, line in enumerate(text.splitlines(), start=1):
+        if not line.strip():
+            continue
+        try:
+            entry = json.loads(line)
+            entries.append((str(entry["key"]), entry["answer"]))
+        except (json.JSONDecodeError, KeyError, TypeError):
+            raise InputError(f"cassette {origin}:{number}", "not a cassette entry") from None
+    return entries
