@@ -115,6 +115,22 @@ class LiveState:
     def load_if_present(cls, path: str | Path | None) -> LiveState | None:
         return cls.load(path) if path is not None and Path(path).is_file() else None
 
+    def observe(
+        self, symbol: str, losses: Mapping[str, float], asof: pd.Timestamp, horizon: int, levels: tuple[float, ...]
+    ) -> dict[str, float]:
+        """Fold one realised loss per member into ``symbol``'s online weights (the agent's outcomes, in the
+        order they became known) and move its ``asof`` up to ``asof``, the last bar the losses saw. A symbol
+        without a state starts one with no shifts (``horizon``, the pairs of ``levels``) and no record, so
+        the weights' fallback holds until this first fold. Returns the new weights of the members in ``losses``."""
+        state = self.symbols.get(symbol)
+        if state is None:
+            pairs = [(levels[lo], levels[hi]) for lo, hi in mirrored_pairs(levels)]
+            state = SymbolState(asof.isoformat(), horizon, pairs, {}, OnlineWeights(), None)
+        state.weights.observe(losses)
+        latest = max(pd.Timestamp(state.asof), asof)
+        self.symbols[symbol] = replace(state, asof=latest.isoformat())
+        return state.weights.weights(losses)
+
     def apply(
         self, symbol: str | None, members: Mapping[str, Forecast], prior: Mapping[str, float],
         at: pd.Timestamp | None = None,

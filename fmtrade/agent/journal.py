@@ -4,7 +4,9 @@ Tables (docs/AGENT.md has the full schema): ``runs``, ``cycles``, ``observations
 ``decisions`` (reasoner, raw answer, fallback reason, tokens, cost), ``clamps``, ``orders``
 (``order_link_id`` UNIQUE, exchange id, status), ``fills``, ``equity`` (equity and positions per
 cycle), ``errors`` (a symbol's failure in a cycle), ``outcomes`` (realised return and forecast
-error once a decision's horizon has passed) and ``broker_state`` (the paper broker's state).
+error once a decision's horizon has passed), ``member_forecasts`` (each ensemble member's quantiles
+behind a decision), ``weight_updates`` (the members' losses folded into the online weights with an
+outcome, and the weights after it) and ``broker_state`` (the paper broker's state).
 
 Each write is one transaction. An order is journaled as ``Pending`` *before* it is sent, so after a
 crash the resumed run finds it and asks the broker (``lookup``) instead of placing it again.
@@ -14,13 +16,17 @@ from __future__ import annotations
 
 import json
 import sqlite3
-from collections.abc import Iterator
+from collections.abc import Iterator, Mapping
 from contextlib import contextmanager
 from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
+import numpy as np
+import pandas as pd
+
 from fmtrade.agent.broker import Account, OrderIntent, OrderState
+from fmtrade.agent.members import MemberForecast
 from fmtrade.agent.risk import Clamp
 from fmtrade.agent.schemas import DecisionRecord, Observation
 
@@ -66,10 +72,21 @@ CREATE TABLE IF NOT EXISTS outcomes (
     run_id TEXT NOT NULL, cycle INTEGER NOT NULL, symbol TEXT NOT NULL, horizon_end TEXT NOT NULL,
     realised_return REAL NOT NULL, forecast_error REAL, pnl REAL, PRIMARY KEY (run_id, cycle, symbol)
 );
+CREATE TABLE IF NOT EXISTS member_forecasts (
+    run_id TEXT NOT NULL, cycle INTEGER NOT NULL, symbol TEXT NOT NULL, model TEXT NOT NULL, levels TEXT NOT NULL,
+    steps TEXT NOT NULL, quantiles TEXT NOT NULL, PRIMARY KEY (run_id, cycle, symbol, model)
+);
+CREATE TABLE IF NOT EXISTS weight_updates (
+    run_id TEXT NOT NULL, cycle INTEGER NOT NULL, symbol TEXT NOT NULL, losses TEXT NOT NULL, weights TEXT NOT NULL,
+    PRIMARY KEY (run_id, cycle, symbol)
+);
 CREATE TABLE IF NOT EXISTS broker_state (run_id TEXT PRIMARY KEY, broker TEXT NOT NULL, state TEXT NOT NULL);
 """
 
-TABLES = ("runs", "cycles", "observations", "decisions", "clamps", "orders", "fills", "equity", "errors", "outcomes")
+TABLES = (
+    "runs", "cycles", "observations", "decisions", "clamps", "orders", "fills", "equity", "errors", "outcomes",
+    "member_forecasts", "weight_updates",
+)  # fmt: skip
 
 
 def _now() -> str:
@@ -154,8 +171,9 @@ class Journal:
         record: DecisionRecord,
         target_qty: float | None,
         clamps: list[Clamp],
+        members: Mapping[str, MemberForecast] | None = None,
     ) -> None:
-        """The observation, the decision and the risk clamps of one symbol, together."""
+        """The observation, the decision, the risk clamps and the members' forecasts of one symbol, together."""
         d = record.decision
         with self.transaction() as db:
             db.execute(
@@ -171,6 +189,31 @@ class Journal:
                 ),
             )  # fmt: skip
             self._clamps(db, run_id, cycle, clamps)
+            db.executemany(
+                "INSERT OR REPLACE INTO member_forecasts VALUES (?, ?, ?, ?, ?, ?, ?)",
+                [
+                    (
+                        run_id, cycle, record.symbol, name, json.dumps(m.levels),
+                        json.dumps([step.isoformat() for step in m.steps]), json.dumps(m.quantiles.tolist()),
+                    )
+                    for name, m in (members or {}).items()
+                ],
+            )  # fmt: skip
+
+    def member_forecasts(self, run_id: str, cycle: int, symbol: str) -> dict[str, MemberForecast]:
+        """The members' forecasts journaled with a decision (empty when it had none)."""
+        rows = self._db.execute(
+            "SELECT model, levels, steps, quantiles FROM member_forecasts WHERE run_id = ? AND cycle = ? AND symbol = ?"
+            " ORDER BY rowid",
+            (run_id, cycle, symbol),
+        )
+        return {
+            name: MemberForecast(
+                tuple(json.loads(levels)), tuple(pd.Timestamp(s) for s in json.loads(steps)),
+                np.asarray(json.loads(quantiles), dtype=np.float64),
+            )
+            for name, levels, steps, quantiles in rows
+        }  # fmt: skip
 
     def record_clamps(self, run_id: str, cycle: int, clamps: list[Clamp]) -> None:
         with self.transaction() as db:
@@ -289,12 +332,21 @@ class Journal:
         realised_return: float,
         forecast_error: float | None,
         pnl: float | None,
+        losses: Mapping[str, float] | None = None,
+        weights: Mapping[str, float] | None = None,
     ) -> None:
+        """The outcome of a decision and, when its members' losses were folded into the online weights,
+        the losses and the weights after the fold: together, so an outcome is folded at most once."""
         with self.transaction() as db:
             db.execute(
                 "INSERT OR REPLACE INTO outcomes VALUES (?, ?, ?, ?, ?, ?, ?)",
                 (run_id, cycle, symbol, horizon_end.isoformat(), realised_return, forecast_error, pnl),
             )
+            if losses is not None and weights is not None:
+                db.execute(
+                    "INSERT OR REPLACE INTO weight_updates VALUES (?, ?, ?, ?, ?)",
+                    (run_id, cycle, symbol, json.dumps(dict(losses)), json.dumps(dict(weights))),
+                )
 
     def outcome_lines(self, run_id: str, symbol: str, n: int = 5) -> list[str]:
         """The last ``n`` realised outcomes of ``symbol``'s decisions, oldest first, as lines for an LLM prompt."""

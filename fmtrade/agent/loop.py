@@ -2,7 +2,8 @@
 
 One cycle (:meth:`Agent.run_cycle`): reconcile orders a crash or a timeout left unanswered (looked up
 at the broker, never placed again), gather market data per symbol, fill in the outcome of earlier
-decisions whose horizon has passed (an LLM reasoner reads the latest in its prompt), mark the paper
+decisions whose horizon has passed (an LLM reasoner reads the latest in its prompt; the members'
+losses feed the ensemble's online weights, :mod:`fmtrade.agent.learning`), mark the paper
 account and settle its funding, check the daily-loss kill switch (flatten and stop), then per symbol
 observe -> decide -> risk -> place; record equity. A symbol that fails is journaled in ``errors``
 and the others go on. :meth:`Agent.run` repeats cycles ``every`` interval of the *source's* clock,
@@ -26,11 +27,13 @@ import pandas as pd
 from fmtrade.agent.broker import Account, Broker, OrderIntent, OrderState
 from fmtrade.agent.events import EventFeed
 from fmtrade.agent.journal import Journal
+from fmtrade.agent.learning import Fold, WeightLearner
 from fmtrade.agent.llm import LLMReasoner
-from fmtrade.agent.observe import Forecasts, MarketData, as_utc, gather_live
+from fmtrade.agent.members import MemberForecast, member_forecasts
+from fmtrade.agent.observe import DocumentForecasts, Forecasts, MarketData, as_utc, gather_live, summarise_forecast
 from fmtrade.agent.paper import PaperBroker
 from fmtrade.agent.risk import Clamp, RiskManager
-from fmtrade.agent.schemas import Observation, Reasoner
+from fmtrade.agent.schemas import ForecastSummary, Observation, Reasoner
 from fmtrade.config import Settings
 from fmtrade.data.bybit import BybitClient, Instrument
 from fmtrade.data.intervals import bars_per_year, interval_offset
@@ -130,6 +133,7 @@ class Agent:
         forecasts: Forecasts | None = None,
         events: EventFeed | None = None,
         risk: RiskManager | None = None,
+        learner: WeightLearner | None = None,
     ) -> None:
         if not symbols:
             raise InputError("symbols", "at least one symbol is needed")
@@ -147,6 +151,7 @@ class Agent:
             "broker": broker.name, "reasoner": reasoner.name,
         }  # fmt: skip
         self.next_cycle = journal.start_run(self.run_id, config)
+        self.learner = learner if learner is not None else WeightLearner.for_forecasts(settings, forecasts)
         if isinstance(reasoner, LLMReasoner) and reasoner.outcomes is None:  # recent results go into the prompt
             reasoner.outcomes = partial(journal.outcome_lines, self.run_id)
         self._funded_until: dict[str, pd.Timestamp] = {}
@@ -227,10 +232,10 @@ class Agent:
         return known if known is not None else account.equity
 
     def _trade(self, cycle: int, data: MarketData, result: CycleResult) -> None:
-        forecast = None
+        forecast, members = None, None
         if self.forecasts is not None:
             try:
-                forecast = self.forecasts(data.symbol, data.closes(), data.interval)
+                forecast, members = self._forecast(self.forecasts, data)
             except Exception as exc:  # decide without it, and say so
                 message = f"{type(exc).__name__}: {exc}"
                 self.journal.record_error(self.run_id, cycle, data.symbol, "forecast", message)
@@ -239,7 +244,7 @@ class Agent:
         observation = data.observe(forecast=forecast, account=account, events=self.events.events)
         record = self.reasoner.decide(observation)
         plan = self.risk.plan(self.run_id, cycle, record, observation, account)
-        self.journal.record_decision(self.run_id, cycle, observation, record, plan.target_qty, plan.clamps)
+        self.journal.record_decision(self.run_id, cycle, observation, record, plan.target_qty, plan.clamps, members)
         result.clamps += [_clamp_dict(c) for c in plan.clamps]
         result.decisions.append(
             {
@@ -256,6 +261,16 @@ class Agent:
         )
         if plan.intent is not None:
             self._place(cycle, plan.intent, result)
+
+    @staticmethod
+    def _forecast(forecasts: Forecasts, data: MarketData) -> tuple[ForecastSummary, dict[str, MemberForecast] | None]:
+        """The ensemble's summary, and each member's forecast when the forecaster shows them (to be scored
+        once the outcome is known)."""
+        closes = data.closes()
+        if not isinstance(forecasts, DocumentForecasts):
+            return forecasts(data.symbol, closes, data.interval), None
+        doc = forecasts.document(data.symbol, closes, data.interval)
+        return summarise_forecast(doc), member_forecasts(doc, closes.index[-1], data.interval)
 
     # Orders --------------------------------------------------------------------------------
     def _place(self, cycle: int, intent: OrderIntent, result: CycleResult) -> None:
@@ -315,18 +330,30 @@ class Agent:
                 continue
             horizon = observation.forecast.horizon if observation.forecast is not None else 1
             bar = interval_offset(data.interval)
-            end = pd.Timestamp(observation.time) + bar * horizon
             closes = data.closes()
+            end = _horizon_end(closes, pd.Timestamp(observation.time), bar, horizon)
+            if end is None or end > data.at:
+                continue
             known = closes[closes.index + bar <= end]
-            if end > data.at or known.empty or known.index[-1] + bar < end:
+            if known.empty or known.index[-1] + bar < end:
                 continue
             realised = float(known.iloc[-1]) / observation.last_price - 1.0
             error = realised - observation.forecast.expected_return if observation.forecast is not None else None
             target = row["target_qty"]
             pnl = None if target is None else target * (float(known.iloc[-1]) - observation.last_price)
+            fold = self._fold(row["cycle"], row["symbol"], closes)
             self.journal.record_outcome(
-                self.run_id, row["cycle"], row["symbol"], end.to_pydatetime(), realised, error, pnl
-            )
+                self.run_id, row["cycle"], row["symbol"], end.to_pydatetime(), realised, error, pnl,
+                fold.losses if fold else None, fold.weights if fold else None,
+            )  # fmt: skip
+            if fold is not None and self.learner is not None:  # after the journal: a crash never folds twice
+                self.learner.save()
+
+    def _fold(self, cycle: int, symbol: str, closes: pd.Series) -> Fold | None:
+        """Fold the members' losses on the realised closes into the online weights (see ``learning``)."""
+        if self.learner is None:
+            return None
+        return self.learner.fold(symbol, self.journal.member_forecasts(self.run_id, cycle, symbol), closes)
 
     def _close_cycle(self, cycle: int, moment: pd.Timestamp, result: CycleResult) -> None:
         account = self.broker.account()
@@ -368,6 +395,15 @@ class Agent:
                 return True
             stop.wait(min(max(remaining, 0.01), POLL_S))
         return False
+
+
+def _horizon_end(
+    closes: pd.Series, decided: pd.Timestamp, bar: pd.DateOffset | pd.Timedelta, horizon: int
+) -> pd.Timestamp | None:
+    """When the ``horizon``-th bar after the last one closed at the decision time closes (the decision
+    time itself when it fell on a bar's close); None when ``closes`` do not reach back to that bar."""
+    before = closes.index[closes.index + bar <= decided]
+    return None if before.empty else before[-1] + bar * (horizon + 1)
 
 
 def _clamp_dict(clamp: Clamp) -> dict[str, Any]:

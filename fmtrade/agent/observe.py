@@ -13,7 +13,7 @@ from __future__ import annotations
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 from datetime import datetime
-from typing import Any, Protocol
+from typing import Any, Protocol, runtime_checkable
 
 import numpy as np
 import pandas as pd
@@ -251,6 +251,15 @@ class Forecasts(Protocol):
     def __call__(self, symbol: str, closes: pd.Series, interval: str) -> ForecastSummary: ...
 
 
+@runtime_checkable
+class DocumentForecasts(Forecasts, Protocol):
+    """Forecasts that also hand over the whole forecast document, each member's quantiles included,
+    so the loop can journal them and score the members once the outcome is known
+    (:mod:`fmtrade.agent.learning`)."""
+
+    def document(self, symbol: str, closes: pd.Series, interval: str) -> dict[str, Any]: ...
+
+
 LEVELS = (0.05, 0.1, 0.5, 0.9, 0.95)  # 5/95% anchor the VaR/ES tail; 10/50/90% are what reasoners read
 
 
@@ -266,16 +275,18 @@ class InProcessForecasts:
     _loaded: tuple[dict[str, Forecaster], dict[str, float], dict[str, str]] | None = field(default=None, repr=False)
 
     def __call__(self, symbol: str, closes: pd.Series, interval: str) -> ForecastSummary:
+        return summarise_forecast(self.document(symbol, closes, interval))
+
+    def document(self, symbol: str, closes: pd.Series, interval: str) -> dict[str, Any]:
         if self._loaded is None:
             specs = select_specs(active_specs(self.settings), self.models)
             loaded, failed = load_models(specs, self.settings)
             self._loaded = loaded, {s.name: s.weight for s in specs}, failed
         loaded, weights, failed = self._loaded
         context = min(self.context, len(closes))
-        doc = forecast_symbol(
+        return forecast_symbol(
             symbol, closes, loaded, weights, interval, self.horizon, LEVELS, context, failed, state=self.state
         )
-        return summarise_forecast(doc)
 
 
 @dataclass(frozen=True)
@@ -290,12 +301,14 @@ class ApiForecasts:
     token: str | None = None
 
     def __call__(self, symbol: str, closes: pd.Series, interval: str) -> ForecastSummary:
+        return summarise_forecast(self.document(symbol, closes, interval))
+
+    def document(self, symbol: str, closes: pd.Series, interval: str) -> dict[str, Any]:
         window = closes.iloc[-self.context :].to_numpy(dtype=np.float64)
-        doc = forecast_remote(
+        return forecast_remote(
             self.url, context=window.tolist(), interval=interval, horizon=self.horizon, quantiles=LEVELS,
             models=self.models, context_length=len(window), token=self.token,
         )  # fmt: skip
-        return summarise_forecast(doc)
 
 
 def make_forecasts(settings: Settings, serve_url: str | None = None, **options: Any) -> Forecasts:

@@ -218,10 +218,13 @@ def journal(
         if run is None or not book.rows("runs", run):
             fail(f"--run-id: no run {run_id!r} in {path}" if run_id else f"journal: no run in {path}")
         doc: dict[str, Any] = {"run_id": run, "journal": str(path)}
-        for table in ("cycles", "decisions", "clamps", "orders", "fills", "errors", "equity", "outcomes"):
+        for table in ("cycles", "decisions", "clamps", "orders", "fills", "errors", "equity", "outcomes",
+                      "weight_updates"):  # fmt: skip
             doc[table] = book.rows(table, run, last_cycles=last)
     for row in doc["decisions"]:
         row["reasons"] = json.loads(row["reasons"])
+    for row in doc["weight_updates"]:
+        row["losses"], row["weights"] = json.loads(row["losses"]), json.loads(row["weights"])
     if as_json:
         emit_json(doc)
         return
@@ -231,6 +234,10 @@ def journal(
     print_table(doc["orders"], ["cycle", "symbol", "side", "qty", "status", "order_link_id", "exchange_id", "reason"],
                 title="orders")  # fmt: skip
     print_table(doc["equity"], ["cycle", "at", "equity", "cash", "gross_exposure"], title="equity")
+    if doc["weight_updates"]:
+        updates = [{"cycle": u["cycle"], "symbol": u["symbol"], "model": m, "loss": loss, "weight": u["weights"][m]}
+                   for u in doc["weight_updates"] for m, loss in u["losses"].items()]  # fmt: skip
+        print_table(updates, ["cycle", "symbol", "model", "loss", "weight"], title="online weights (outcomes folded)")
 
 
 from fmtrade.cli import agent_backtest  # noqa: E402 - registered after this module's own commands
