@@ -5,6 +5,7 @@ from __future__ import annotations
 
 from collections.abc import Iterator
 from contextlib import contextmanager
+from dataclasses import asdict
 
 import typer
 
@@ -25,7 +26,7 @@ from fmtrade.cli.common import (
 )
 from fmtrade.data.store import Progress, Store, iso, require_bars, to_utc
 
-app = typer.Typer(help="Market data: sync, import, sample, show, synth, replay.", no_args_is_help=True)
+app = typer.Typer(help="Market data: sync, import, sample, show, verify, synth, replay.", no_args_is_help=True)
 
 
 def open_store(store: str | None) -> Store:
@@ -166,6 +167,25 @@ def show(
     print_table(summary, ["field", "value"], title=st.root)
     if gaps:
         print_table(gaps, ["start", "end", "missing_bars"], title=f"{len(gaps)} gap(s)")
+
+
+@app.command()
+def verify(store: str = STORE_OPTION, as_json: bool = JSON_OPTION) -> None:
+    """Check every file of the store (readable, schema, increasing unique timestamps within its period,
+    no NaN prices); exit 1 listing each bad file and how to restore it."""
+    st = open_store(store)
+    checks = st.verify()
+    bad = [asdict(c) for c in checks if not c.ok]
+    doc = {"store": st.root, "files": len(checks), "rows": sum(c.rows for c in checks), "ok": not bad, "bad": bad}
+    if as_json:
+        emit_json(doc)
+    else:  # whole lines, not a table: the paths and commands must survive copy and paste
+        for item in bad:
+            typer.echo(f"BAD {item['path']}\n  problem: {item['problem']}\n  fix: {item['fix']}")
+        verdict = f"{len(bad)} of {len(checks)} file(s) bad" if bad else "every file sound"
+        typer.echo(f"{st.root}: {len(checks)} file(s), {doc['rows']} row(s) checked; {verdict}")
+    if bad:
+        raise typer.Exit(1)
 
 
 @app.command()

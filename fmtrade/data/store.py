@@ -21,6 +21,7 @@ from __future__ import annotations
 
 import functools
 import logging
+import re
 import time
 from collections import namedtuple
 from collections.abc import Callable, Iterable
@@ -192,6 +193,88 @@ def _period_span(stem: str) -> tuple[pd.Timestamp, pd.Timestamp]:
     return start, end
 
 
+#: Value columns of each kind of series, by the store's top-level directory.
+_KIND_COLUMNS: dict[str, tuple[str, ...]] = {
+    "bars": BAR_COLUMNS,
+    "funding": FUNDING_COLUMNS,
+    "open_interest": OI_COLUMNS,
+}
+#: Columns that must never be NaN (a price or rate the reader would otherwise trade on).
+_NOT_NAN: dict[str, tuple[str, ...]] = {
+    "bars": ("open", "high", "low", "close"),
+    "funding": FUNDING_COLUMNS,
+    "open_interest": OI_COLUMNS,
+}
+_PERIOD_NAME = re.compile(r"\d{4}(-(0[1-9]|1[0-2]))?")
+
+
+class CorruptPartition(DataError):
+    """A committed store file is not the partition its path promises. Raised instead of reading
+    around it, so a damaged file never shows up as fewer bars; the message names the file and the fix."""
+
+    def __init__(self, path: str, problem: str, fix: str) -> None:
+        self.path, self.problem, self.fix = path, problem, fix
+        super().__init__(f"{path}: {problem}; {fix}")
+
+
+@dataclass(frozen=True)
+class Partition:
+    """Where a committed file sits in the layout: its kind, series key parts and period."""
+
+    path: str
+    kind: str
+    keys: dict[str, str]
+    period: str
+
+    @property
+    def columns(self) -> tuple[str, ...]:
+        return _KIND_COLUMNS[self.kind]
+
+    def span(self) -> tuple[pd.Timestamp, pd.Timestamp]:
+        return _period_span(self.period)
+
+
+@dataclass(frozen=True)
+class PartitionCheck:
+    """The outcome of verifying one committed file: ``problem`` and ``fix`` are None when it is sound."""
+
+    path: str
+    rows: int
+    problem: str | None = None
+    fix: str | None = None
+
+    @property
+    def ok(self) -> bool:
+        return self.problem is None
+
+
+def _schema_problem(schema: pa.Schema, columns: tuple[str, ...]) -> str | None:
+    """Why ``schema`` is not a partition with a UTC timestamp column and float ``columns``, or None."""
+    fields = {f.name: f.type for f in schema}
+    if "timestamp" not in fields or not pa.types.is_timestamp(fields["timestamp"]):
+        return "schema has no timestamp column"
+    missing = [c for c in columns if c not in fields]
+    if missing:
+        return f"schema lacks column(s) {', '.join(missing)}"
+    wrong = [c for c in columns if not pa.types.is_floating(fields[c])]
+    return f"column(s) {', '.join(wrong)} are not floating point" if wrong else None
+
+
+def _content_problem(frame: pd.DataFrame, part: Partition) -> str | None:
+    """Why the rows of a readable partition break the store's invariants, or None."""
+    index = frame.index
+    if not index.is_unique:
+        return f"{int(index.duplicated().sum())} duplicate timestamp(s)"
+    if not index.is_monotonic_increasing:
+        return "timestamps are not in increasing order"
+    lo, hi = part.span()
+    outside = int(((index < lo) | (index >= hi)).sum())
+    if outside:
+        return f"{outside} row(s) outside the period {part.period} the file name promises"
+    nan = {c: int(n) for c in _NOT_NAN[part.kind] if (n := frame[c].isna().sum())}
+    return f"NaN in {', '.join(f'{c} ({n} rows)' for c, n in nan.items())}" if nan else None
+
+
 def _conform(df: pd.DataFrame, columns: tuple[str, ...], what: str) -> pd.DataFrame:
     """Check the frame is UTC-indexed with the store's columns; return float64 columns, sorted and deduped."""
     if not isinstance(df.index, pd.DatetimeIndex) or df.index.tz is None:
@@ -240,9 +323,57 @@ class Store:
         return sorted(self.fs.glob(f"{directory}/*.parquet"))
 
     # Low-level read/write --------------------------------------------------------------
+    def _display(self, path: str) -> str:
+        """A file's path as a user would type it (plain for local files, with the scheme otherwise)."""
+        return self.fs.unstrip_protocol(path).removeprefix("file://")
+
+    def _partition(self, path: str) -> Partition:
+        """Parse a committed file's path; a name that is no period (``2024``, ``2024-01``) is refused."""
+        parts = path[len(self._base) :].strip("/").split("/")
+        keys = dict(p.split("=", 1) for p in parts[1:-1] if "=" in p)
+        part = Partition(path, parts[0], keys, parts[-1].removesuffix(".parquet"))
+        if not _PERIOD_NAME.fullmatch(part.period):
+            raise CorruptPartition(
+                self._display(path),
+                "not a period file (named YYYY or YYYY-MM)",
+                "move it out of the store; readers would otherwise take it for part of the series",
+            )
+        return part
+
+    def _corrupt(self, part: Partition, problem: str) -> CorruptPartition:
+        """The error for a bad partition, with the command that restores its period."""
+        lo, hi = part.span()
+        keys = part.keys
+        sync = f"fmtrade data sync --symbols {keys.get('symbol')} --category {keys.get('category')}"
+        sync += f" --interval {keys['interval']}" if "interval" in keys else ""
+        sync += f" --open-interest {keys['interval_time']}" if "interval_time" in keys else ""
+        sync += f" --start {iso(lo)}"
+        files = self._files(part.path.rsplit("/", 1)[0])
+        held = f"it held {part.kind} {'/'.join(keys.values())} from {iso(lo)} to before {iso(hi)}"
+        if part.path in (files[0], files[-1]):
+            fix = f"{held}: move it aside and re-sync (`{sync}` refetches it) or re-import that range"
+        else:
+            end = iso(hi - pd.Timedelta(seconds=1))
+            fix = (
+                f"{held}: move it aside, then re-import that range (`fmtrade data import`) or re-sync it into "
+                f"an empty store and copy the file back (`{sync} --end {end} --store DIR`); "
+                "a plain sync refetches only beyond the stored ends"
+            )
+        return CorruptPartition(self._display(part.path), problem, fix)
+
     def _read_file(self, path: str, columns: list[str] | None = None) -> pd.DataFrame:
+        """One partition; a file that is unreadable or lacks the kind's columns raises :class:`CorruptPartition`."""
+        part = self._partition(path)
         with self.fs.open(path, "rb") as handle:
-            table = pq.read_table(handle, columns=columns)
+            data = handle.read()  # parse from memory: any error below is the file's, not the transport's
+        try:
+            parquet = pq.ParquetFile(pa.BufferReader(data))
+            problem = _schema_problem(parquet.schema_arrow, part.columns)
+            table = None if problem else parquet.read(columns=columns)
+        except (pa.ArrowException, OSError) as exc:
+            problem, table = f"unreadable parquet ({exc})", None
+        if table is None:
+            raise self._corrupt(part, problem or "unreadable")
         frame = table.to_pandas()
         frame.index = pd.DatetimeIndex(frame.pop("timestamp")).as_unit("ns").rename("timestamp")
         return frame
@@ -251,7 +382,7 @@ class Store:
         lo, hi = to_utc(start, "start"), to_utc(end, "end")
         parts = []
         for path in self._files(directory):
-            span_lo, span_hi = _period_span(path.rsplit("/", 1)[-1].removesuffix(".parquet"))
+            span_lo, span_hi = self._partition(path).span()
             if (hi is not None and span_lo > hi) or (lo is not None and span_hi <= lo):
                 continue
             parts.append(self._read_file(path))
@@ -349,6 +480,28 @@ class Store:
             parts = dict(p.split("=", 1) for p in path.split("/")[-4:-1])
             keys.add(SeriesKey(parts["category"], parts["symbol"], parts["interval"]))
         return sorted(keys)
+
+    def verify(self) -> list[PartitionCheck]:
+        """Check every committed partition of every kind: readable, schema, strictly increasing timestamps
+        inside the file's period, no NaN prices. Reads everything; meant for ``fmtrade data verify``."""
+        self.fs.invalidate_cache()
+        checks = []
+        for kind in _KIND_COLUMNS:
+            root = f"{self._base}/{kind}"
+            paths = self.fs.find(root) if self.fs.exists(root) else []
+            for path in sorted(p for p in paths if p.endswith(".parquet") and not p.rsplit("/", 1)[-1].startswith(".")):
+                checks.append(self._check(path))
+        return checks
+
+    def _check(self, path: str) -> PartitionCheck:
+        try:
+            part = self._partition(path)
+            frame = self._read_file(path)
+        except CorruptPartition as exc:
+            return PartitionCheck(exc.path, 0, exc.problem, exc.fix)
+        problem = _content_problem(frame, part)
+        fix = self._corrupt(part, problem).fix if problem else None
+        return PartitionCheck(self._display(path), len(frame), problem, fix)
 
     # Funding and open interest ----------------------------------------------------------
     def read_funding(
