@@ -9,6 +9,7 @@ import sys
 import time
 from collections.abc import Iterator
 from pathlib import Path
+from typing import Any
 
 import pytest
 import yaml
@@ -25,7 +26,7 @@ def _fmtrade(*args: str, timeout: float = 300) -> subprocess.CompletedProcess[st
     )
 
 
-def _json(done: subprocess.CompletedProcess[str]) -> object:
+def _json(done: subprocess.CompletedProcess[str]) -> Any:
     assert done.returncode == 0, done.stderr[-2000:]
     return json.loads(done.stdout)
 
