@@ -5,7 +5,7 @@ BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed
 TYPECHECK := build/typecheck
 
-.PHONY: venv test test-fast lint typecheck demo clean
+.PHONY: venv test test-fast lint typecheck demo clean gpu-check gpu-check-smoke
 
 $(BIN)/python:
 	$(PYTHON) -m venv $(VENV)
@@ -39,6 +39,25 @@ test-fast: venv
 
 demo: venv
 	$(BIN)/fmtrade demo
+
+# The GPU check (bench/gpu_check.py, docs/BENCHMARKS.md): run unchanged on a GPU box with python3,
+# torch (CUDA), transformers, peft, pandas and pyarrow, no Ray and no network. It installs the wheels
+# scripts/gpu_wheels.sh left in .whl/ (chronos-forecasting, timesfm; fmtrade itself runs from the tree
+# via PYTHONPATH, without its heavy dependencies); a family whose library is missing is reported and
+# skipped. Every step has a timeout: the check ends within ~8 minutes whatever happens.
+GPU_PYTHON ?= python3
+GPU_SITE ?= /tmp/fmtrade-gpu-site
+gpu-check:
+	@if ls .whl/*.whl > /dev/null 2>&1; then \
+	  timeout 120 $(GPU_PYTHON) -m pip install -q --no-index --no-deps --no-compile --no-cache-dir --upgrade \
+	    --target $(GPU_SITE) .whl/*.whl || echo "gpu-check: installing .whl/ failed: families needing it are skipped"; \
+	else echo "gpu-check: no .whl/ (run scripts/gpu_wheels.sh where pip works): families needing it are skipped"; fi
+	PYTHONPATH=$(CURDIR):$(GPU_SITE)$${PYTHONPATH:+:$$PYTHONPATH} PYTHONUNBUFFERED=1 \
+	  timeout -k 10 480 $(GPU_PYTHON) bench/gpu_check.py --out build/gpu-check
+
+# The same code paths on CPU at the zoo's tiny size (what CI runs; tests/test_gpu_check.py).
+gpu-check-smoke: venv
+	timeout -k 10 600 $(BIN)/python bench/gpu_check.py --smoke --out build/gpu-check-smoke
 
 clean:
 	rm -rf $(VENV) .pytest_cache build *.egg-info
