@@ -352,19 +352,20 @@ def agreement(case: Case, checkpoint: Path, plan: Plan) -> dict[str, Any]:
 # Serving ----------------------------------------------------------------------------------------
 
 
-def serve_settings() -> dict[str, dict[str, Any]]:
+def serve_settings(gpu: bool) -> dict[str, dict[str, Any]]:
     """Per family: the ``max_batch_size`` and ``batch_wait_timeout_s`` serve/config.yaml gives it
-    (model_defaults, then family_options)."""
+    (model_defaults, then family_options, then gpu_family_options for a replica on a GPU)."""
     import yaml
 
     doc = yaml.safe_load((REPO / "serve" / "config.yaml").read_text())
     args = doc["applications"][0]["args"]
     defaults = args.get("model_defaults", {})
-    families = args.get("family_options", {})
-    keys = ("max_batch_size", "batch_wait_timeout_s", "max_ongoing_requests", "num_gpus")
+    families = args.get("family_options") or {}
+    on_gpu = (args.get("gpu_family_options") or {}) if gpu else {}
+    keys = ("max_batch_size", "batch_wait_timeout_s", "max_ongoing_requests", "gpu_share")
     out = {}
     for family in ADAPTERS:
-        merged = {**defaults, **families.get(family, {})}
+        merged = {**defaults, **families.get(family, {}), **on_gpu.get(family, {})}
         out[family] = {k: merged[k] for k in keys if k in merged}
     return out
 
@@ -689,7 +690,7 @@ def serving_part(cases: tuple[Case, ...], built: dict[str, Path], plan: Plan) ->
         "no HTTP, no Ray Serve",
         "models": {},
     }
-    options = serve_settings()
+    options = serve_settings(plan.device.startswith("cuda"))
     for case in cases:
         if case.name in built:
             with recorded(doc["models"], case.name):

@@ -11,12 +11,26 @@ from __future__ import annotations
 
 from typing import Any
 
-from pydantic import BaseModel, ConfigDict, Field, SecretStr, ValidationError, field_validator, model_validator
+import ray
+from pydantic import (
+    BaseModel,
+    ConfigDict,
+    Field,
+    PrivateAttr,
+    SecretStr,
+    ValidationError,
+    field_validator,
+    model_validator,
+)
 from ray.serve.config import DEFAULT_METRICS_INTERVAL_S
 
 from fmtrade.config import Settings, load_settings
 from fmtrade.errors import ConfigError
 from fmtrade.models.base import MAX_QUANTILES
+from fmtrade.models.registry import ADAPTERS, ModelSpec, active_specs, adapter_of
+
+#: Families ``family_options`` / ``gpu_family_options`` may name.
+FAMILIES = frozenset(a.family for a in ADAPTERS.values())
 
 
 class _Strict(BaseModel):
@@ -101,6 +115,12 @@ class ModelOptions(Scaling):
     batch_wait_timeout_s: float = Field(0.005, ge=0)
     max_adapters_per_replica: int = Field(4, ge=1, description="LoRA adapters kept loaded per replica (LRU)")
     health_check_period_s: float = Field(10.0, gt=0)
+    gpu_share: float = Field(
+        0.25,
+        gt=0,
+        description="num_gpus of a replica placed on a GPU (models.device cuda, or auto on a Ray cluster with "
+        "GPUs) when num_gpus is not set: fractions pack several models on one GPU (no memory isolation)",
+    )
 
     @model_validator(mode="after")
     def _queue_holds_a_batch(self) -> ModelOptions:
@@ -147,12 +167,29 @@ class AppConfig(_Strict):
     settings: dict[str, Any] = Field(default_factory=dict, description="Overrides merged over the fmtrade settings")
     models: list[str] | None = Field(None, description="Models to serve (default: every enabled, available model)")
     model_defaults: ModelOptions = Field(default_factory=ModelOptions)
+    family_options: dict[str, dict[str, Any]] = Field(
+        default_factory=dict, description="Per-family overrides (chronos-bolt, timesfm ...), under model_options"
+    )
+    gpu_family_options: dict[str, dict[str, Any]] = Field(
+        default_factory=dict,
+        description="Per-family overrides for replicas placed on a GPU (batch sizes, gpu_share), over family_options",
+    )
     model_options: dict[str, dict[str, Any]] = Field(default_factory=dict, description="Per-model overrides")
     ensemble: EnsembleOptions = Field(default_factory=EnsembleOptions)
     ingress: IngressOptions = Field(default_factory=IngressOptions)
     limits: Limits = Field(default_factory=Limits)
     api_token: SecretStr | None = Field(None, description="Bearer token; default settings.serve.api_token")
     max_body_bytes: int | None = Field(None, gt=0, description="Default settings.serve.max_body_bytes")
+    _specs: dict[str, ModelSpec] | None = PrivateAttr(None)
+
+    @field_validator("family_options", "gpu_family_options")
+    @classmethod
+    def _known_families(cls, value: dict[str, dict[str, Any]]) -> dict[str, dict[str, Any]]:
+        unknown = sorted(set(value) - FAMILIES)
+        if unknown:
+            raise ValueError(f"unknown famil{'y' if len(unknown) == 1 else 'ies'} {', '.join(unknown)}; known: "
+                             f"{', '.join(sorted(FAMILIES))}")  # fmt: skip
+        return value
 
     @classmethod
     def parse(cls, args: dict[str, Any] | None) -> AppConfig:
@@ -173,12 +210,34 @@ class AppConfig(_Strict):
         return load_settings(self.config, self.settings)
 
     def options_for(self, model: str) -> ModelOptions:
+        """``model``'s options: model_defaults < family_options < gpu_family_options (a replica placed on a
+        GPU) < model_options. A replica goes on a GPU when its num_gpus is set above 0, or, unset, when
+        its registry device is ``cuda``, or ``auto`` on a Ray cluster that has GPUs (a weighted family
+        only); it then takes ``gpu_share`` of one."""
+        spec = self._spec(model)
+        family = spec.family if spec is not None else None
+        layers = [self.model_defaults.model_dump(exclude_unset=True), self.family_options.get(family or "", {})]
         override = self.model_options.get(model, {})
+        merged = {k: v for layer in (*layers, override) for k, v in layer.items()}
+        # An explicit num_gpus decides; unset, the registry device (and the cluster's GPUs) decide.
+        on_gpu = merged["num_gpus"] > 0 if "num_gpus" in merged else spec is not None and wants_gpu(spec)
+        if on_gpu:
+            merged = {k: v for layer in (*layers, self.gpu_family_options.get(family or "", {}), override)
+                      for k, v in layer.items()}  # fmt: skip
         try:
-            return ModelOptions.model_validate({**self.model_defaults.model_dump(exclude_unset=True), **override})
+            options = ModelOptions.model_validate(merged)
         except ValidationError as exc:
             problems = "; ".join(f"{'.'.join(map(str, e['loc']))}: {e['msg']}" for e in exc.errors())
             raise ConfigError(f"invalid serve config model_options.{model}: {problems}") from exc
+        if on_gpu and "num_gpus" not in merged:
+            options = options.model_copy(update={"num_gpus": options.gpu_share})
+        return options
+
+    def _spec(self, model: str) -> ModelSpec | None:
+        """``model``'s registry spec (device resolved from settings), None for a name the registry lacks."""
+        if self._specs is None:
+            self._specs = {spec.name: spec for spec in active_specs(self.load_settings())}
+        return self._specs.get(model)
 
     def token(self, settings: Settings) -> str | None:
         """The bearer token in effect: the app config, else settings (FMTRADE_API_TOKEN)."""
@@ -187,3 +246,16 @@ class AppConfig(_Strict):
 
     def body_limit(self, settings: Settings) -> int:
         return self.max_body_bytes or settings.serve.max_body_bytes
+
+
+def wants_gpu(spec: ModelSpec) -> bool:
+    """Whether ``spec``'s replicas belong on a GPU: a weighted (torch) family whose device is ``cuda``,
+    or ``auto`` while this process is connected to a Ray cluster with GPUs."""
+    if not adapter_of(spec.adapter).needs_checkpoint or spec.device == "cpu":
+        return False
+    return spec.device == "cuda" or cluster_gpus() > 0
+
+
+def cluster_gpus() -> float:
+    """GPUs of the Ray cluster this process is connected to (0 when it is not connected to one)."""
+    return float(ray.cluster_resources().get("GPU", 0.0)) if ray.is_initialized() else 0.0
