@@ -5,7 +5,8 @@ cluster), each with its own CPU count; workers also carry a ``fmtrade_worker`` c
 resource so placement across nodes can be asserted. The head runs the job server, so
 ``ray job submit`` and ``fmtrade cluster submit`` talk to it exactly as to a remote cluster.
 
-Authentication: Ray 2.59+ enables token authentication for clusters it starts. Every node
+Secure by default: the dashboard and job server listen on 127.0.0.1 unless ``dashboard_host``
+says otherwise, and token authentication is on. Every node
 and client here runs with ``RAY_AUTH_MODE=token`` and the token in ``~/.ray/auth_token``
 (created once with ``ray get-auth-token --generate``), so nobody has to set anything.
 
@@ -97,6 +98,9 @@ class LocalCluster:
     cpus_per_node: float = 1
     gcs_port: int = 6390
     dashboard_port: int = 8265
+    #: Where the dashboard and job server listen: loopback unless told otherwise (a job server
+    #: runs whatever it is sent; token authentication stays on either way).
+    dashboard_host: str = "127.0.0.1"
 
     @property
     def address(self) -> str:
@@ -106,7 +110,8 @@ class LocalCluster:
     @property
     def dashboard_url(self) -> str:
         """Job server address (what ``ray job submit --address`` takes)."""
-        return f"http://127.0.0.1:{self.dashboard_port}"
+        host = "127.0.0.1" if self.dashboard_host in ("0.0.0.0", "::") else self.dashboard_host
+        return f"http://{host}:{self.dashboard_port}"
 
     def up(self, timeout_s: float = 180) -> None:
         """Start the head and the workers, then wait until the job server answers."""
@@ -125,7 +130,7 @@ class LocalCluster:
                 "--include-dashboard",
                 "true",
                 "--dashboard-host",
-                "127.0.0.1",
+                self.dashboard_host,
                 "--dashboard-port",
                 str(self.dashboard_port),
                 "--disable-usage-stats",

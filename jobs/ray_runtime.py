@@ -15,9 +15,12 @@ Connecting (:func:`init_ray`), the same way from the CLI, the jobs, the benchmar
   that serves: with Ray Serve's throughput settings).
 - ``"auto"``, ``"host:port"``, ``"ray://host:port"``: connect to that cluster.
 
-Authentication: Ray 2.59+ turns token authentication on for local clusters and generates
-the token itself (``~/.ray/auth_token``) when it starts one, so the embedded Ray needs no
-setting. A remote cluster started with ``RAY_AUTH_MODE=token`` needs its token in this
+Authentication and binding (secure by default): the embedded Ray runs with token
+authentication (:func:`secure_local_defaults`: Ray's token mode unless the caller set ``RAY_AUTH_MODE``;
+Ray generates ``~/.ray/auth_token`` when it starts one), has no dashboard unless asked, and
+binds a dashboard asked for to 127.0.0.1. Ray's job API runs whatever it is sent
+(CVE-2023-48022), so nothing fmtrade starts listens beyond loopback without a token. A remote
+cluster started with ``RAY_AUTH_MODE=token`` needs its token in this
 process's environment (``RAY_AUTH_TOKEN`` or ``RAY_AUTH_TOKEN_PATH``), as Ray documents;
 ``ray job submit`` passes it to the driver, so jobs never handle it.
 
@@ -130,6 +133,7 @@ def init_ray(address: str | None = "local", num_cpus: int | None = None, **kwarg
         check_reachable(os.environ["RAY_ADDRESS"])
         ray.init(**{k: v for k, v in kwargs.items() if k != "include_dashboard"})
     elif address in (None, "local"):
+        secure_local_defaults(kwargs)
         # Ray expects at most min(cores, num_cpus) worker processes starting at once and warns through
         # the driver ("(raylet) WARNING: 8 PYTHON worker processes ...") at four times that: on a 2-core
         # machine a Serve application of a dozen replicas crossed it whenever the machine was busy.
@@ -138,6 +142,30 @@ def init_ray(address: str | None = "local", num_cpus: int | None = None, **kwarg
     else:
         check_reachable(address)
         ray.init(address=address, **{k: v for k, v in kwargs.items() if k != "include_dashboard"})
+
+
+def _enable_token_auth() -> bool:
+    """Ray's own switch to token mode for this process and the Ray it starts (it sets
+    ``RAY_AUTH_MODE`` and reloads Ray's config, which read the variable at import); False on a Ray
+    without token authentication (before 2.52) or without the switch."""
+    try:
+        from ray._private.authentication.authentication_token_setup import _enable_token_auth as enable
+    except ImportError:
+        return False
+    enable()
+    return True
+
+
+def secure_local_defaults(kwargs: dict[str, Any]) -> None:
+    """Token auth (unless ``RAY_AUTH_MODE`` is set: then the caller's choice, said when it is off)
+    and a loopback dashboard, for a Ray started in this process."""
+    kwargs.setdefault("dashboard_host", "127.0.0.1")
+    mode = os.environ.get("RAY_AUTH_MODE")
+    if mode is None:
+        if not _enable_token_auth():
+            log.warning("Ray %s has no token authentication: the embedded Ray starts without it", ray.__version__)
+    elif mode.lower() != "token":
+        log.warning("RAY_AUTH_MODE=%s: the embedded Ray starts without token authentication", mode)
 
 
 def get(refs: Any) -> Any:

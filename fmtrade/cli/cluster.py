@@ -32,12 +32,18 @@ def up(
     cpus_per_node: float = typer.Option(1.0, "--cpus-per-node", min=0.1, help="CPUs each node advertises."),
     port: int = typer.Option(6390, "--port", help="GCS port of the head."),
     dashboard_port: int = typer.Option(None, "--dashboard-port", help="Job server port [cluster.dashboard_port]."),
+    dashboard_host: str = typer.Option(
+        "127.0.0.1",
+        "--dashboard-host",
+        help="Interface the dashboard and job server listen on (token auth stays on; prefer an SSH tunnel).",
+    ),
     json_out: bool = JSON_OPTION,
 ) -> None:
     """Start a head and worker nodes on 127.0.0.1 (separate raylets, token auth handled)."""
     from fmtrade.cluster.local import LocalCluster
 
-    cluster = LocalCluster(workers, cpus_per_node, port, dashboard_port or settings().cluster.dashboard_port)
+    port_of_dashboard = dashboard_port or settings().cluster.dashboard_port
+    cluster = LocalCluster(workers, cpus_per_node, port, port_of_dashboard, dashboard_host)
     cluster.up()
     result = {"address": cluster.address, "dashboard": cluster.dashboard_url, "nodes": 1 + workers}
     if json_out:

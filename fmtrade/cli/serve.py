@@ -2,9 +2,15 @@
 
 from __future__ import annotations
 
+import ipaddress
+import os
+
 import typer
 
-from fmtrade.cli.common import ADDRESS_OPTION, JSON_OPTION, CliState, emit_json, settings
+from fmtrade.cli.common import ADDRESS_OPTION, JSON_OPTION, CliState, emit_json, fail, settings
+
+#: Set by ``--insecure`` for this process and the detached server it may spawn (which re-checks).
+INSECURE_ENV = "FMTRADE_SERVE_INSECURE"
 
 app = typer.Typer(help="Run the Ray Serve forecast service (HTTP API).", no_args_is_help=True)
 
@@ -19,12 +25,22 @@ def up(
     ready_timeout: float = typer.Option(
         600.0, "--ready-timeout", min=1, help="Seconds to wait for every model to answer before giving up."
     ),
+    insecure: bool = typer.Option(
+        False,
+        "--insecure",
+        envvar=INSECURE_ENV,
+        help="Serve on a non-loopback host without an API token (anyone who reaches the port may use it).",
+    ),
     json_out: bool = JSON_OPTION,
 ) -> None:
     """Deploy the service and wait until every model answers; on an embedded Ray without --detach,
     serve until Ctrl-C (on a cluster the applications outlive the command)."""
     from fmtrade.serve import runner
 
+    if insecure:
+        os.environ[INSECURE_ENV] = "1"  # the detached server re-runs this check
+    else:
+        _refuse_open_without_token(config, host)
     result = runner.up(
         settings(), config, address, host, port, detach, fmtrade_config=CliState.config, ready_timeout_s=ready_timeout
     )
@@ -35,6 +51,38 @@ def up(
     if not detach and not result.get("on_cluster"):  # on a cluster the applications outlive the command
         typer.echo("serving until Ctrl-C", err=True)
         runner.serve_forever()
+
+
+def _is_loopback(host: str) -> bool:
+    if host == "localhost":
+        return True
+    try:
+        return ipaddress.ip_address(host.strip("[]")).is_loopback
+    except ValueError:  # a host name: it may resolve to anything
+        return False
+
+
+def _refuse_open_without_token(config: str | None, host: str | None) -> None:
+    """Exit 2 when the service would listen beyond loopback with an application that has no API
+    token: the forecast and agent routes would be open to the network."""
+    from fmtrade.serve import runner
+    from fmtrade.serve.options import AppConfig
+
+    _, doc = runner.read_config(config, settings())
+    effective = host or (doc.get("http_options") or {}).get("host") or settings().serve.host
+    if _is_loopback(str(effective)):
+        return
+    for entry in doc["applications"]:
+        args = dict(entry.get("args") or {})
+        if CliState.config:
+            args.setdefault("config", CliState.config)
+        app_config = AppConfig.parse(args)
+        if not app_config.token(app_config.load_settings()):
+            fail(
+                f"host: {effective} is reachable beyond this machine and application "
+                f"{entry.get('name', 'default')!r} has no API token: set FMTRADE_API_TOKEN (or serve.api_token, "
+                "or api_token in the application's args), serve on 127.0.0.1, or pass --insecure"
+            )
 
 
 @app.command("status")
