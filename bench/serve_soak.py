@@ -1,0 +1,220 @@
+"""Soak test of the served HTTP API: many clients for a long, bounded time, nothing may degrade.
+
+Starts Ray (embedded) and Serve with one application serving ``--model`` (HTTP answered as
+``fmtrade serve up`` answers it, see bench/serve_load.py), warms it up, then drives it with
+``--clients`` closed-loop clients (aiohttp, one keep-alive connection each) posting
+``/v1/forecast`` with an explicit context for ``--minutes`` (``--seconds`` for a smoke run).
+Reported per window of ``--window-s`` (default one minute): requests, throughput, p50/p99
+latency and errors; over the run: every error by kind (HTTP status or exception), and each
+Serve replica's resident memory (psutil, on the replica PIDs from Ray's actor table) after the
+warm-up and at the end.
+
+Targets (``ok`` in the JSON): zero errors, flat latency (the last window's p50 within 25% of the
+first's) and no replica growing its resident memory by 5% or more. The memory baseline is taken
+after the warm-up, so lazy first-request allocations are not counted as growth.
+
+    .venv/bin/python bench/serve_soak.py [--model chronos-bolt-fm-tiny] [--clients 64]
+        [--minutes 10 | --seconds 20] [--window-s 60] [--json]
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import json
+import socket
+import sys
+import time
+from collections import Counter
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+from serve_load import Load, bench_home, build_load, closed_loop, contexts, drive  # noqa: E402  (bench/ is not a package)
+
+APP = "soak"
+FLAT_P50 = 1.25  # last window's p50 over the first's, at most
+MAX_GROWTH_PCT = 5.0
+
+
+def replica_rss(app: str) -> dict[str, int]:
+    """Resident bytes of each alive Serve replica of ``app``, keyed ``deployment#actor-id-prefix``.
+    PIDs come from the actor table of the Ray this driver is connected to (other Rays may run here)."""
+    import psutil
+    from ray._private import state
+
+    out = {}
+    for actor_id, info in state.actors().items():
+        name = info["ActorClassName"]  # ServeReplica:APP:DEPLOYMENT
+        if info["State"] != "ALIVE" or not name.startswith(f"ServeReplica:{app}:"):
+            continue
+        try:
+            out[f"{name.rsplit(':', 1)[1]}#{actor_id[:8]}"] = psutil.Process(info["Pid"]).memory_info().rss
+        except psutil.NoSuchProcess:
+            continue
+    return out
+
+
+async def soak(url: str, clients: int, seconds: float, load: Load) -> tuple[list[tuple[float, float]], Counter[str]]:
+    """``clients`` closed-loop clients for ``seconds``: (finish time since start, latency s) of each
+    answered request, and every failed one counted by kind. A failure never stops its client."""
+    import aiohttp
+
+    headers = {"content-type": "application/json"}
+    done: list[tuple[float, float]] = []
+    errors: Counter[str] = Counter()
+    start = time.perf_counter()
+    stop = start + seconds
+
+    async def client(i: int, http: aiohttp.ClientSession) -> None:
+        k = i
+        while time.perf_counter() < stop:
+            body = load.bodies[k % len(load.bodies)]
+            k += clients
+            began = time.perf_counter()
+            try:
+                async with http.post(f"{url}{load.route}", data=body, headers=headers) as response:
+                    await response.read()
+                    status = response.status
+            except (aiohttp.ClientError, TimeoutError) as exc:
+                errors[type(exc).__name__] += 1
+                continue
+            if status != 200:
+                errors[f"HTTP {status}"] += 1
+                continue
+            now = time.perf_counter()
+            done.append((now - start, now - began))
+
+    await closed_loop(clients, client)
+    return done, errors
+
+
+def windows(done: list[tuple[float, float]], seconds: float, window_s: float) -> list[dict[str, Any]]:
+    """Requests, throughput and p50/p99 latency (ms) of each ``window_s`` slice of the run."""
+    count = max(1, int(np.ceil(seconds / window_s)))
+    rows = []
+    for w in range(count):
+        ms = np.array(
+            [lat for t, lat in done if w * window_s <= t < (w + 1) * window_s or (w == count - 1 and t >= seconds)]
+        )
+        ms *= 1000.0
+        span = min(window_s, seconds - w * window_s)
+        rows.append({
+            "window": w, "start_s": round(w * window_s, 1), "requests": int(ms.size),
+            "rps": round(ms.size / span, 2) if span > 0 else 0.0,
+            "p50_ms": round(float(np.percentile(ms, 50)), 1) if ms.size else None,
+            "p99_ms": round(float(np.percentile(ms, 99)), 1) if ms.size else None,
+        })  # fmt: skip
+    return rows
+
+
+def summarise(
+    done: list[tuple[float, float]], errors: Counter[str], seconds: float, window_s: float,
+    before: dict[str, int], after: dict[str, int],
+) -> dict[str, Any]:  # fmt: skip
+    """The run's figures and whether each target was met."""
+    rows = windows(done, seconds, window_s)
+    ms = np.array([lat for _, lat in done]) * 1000.0
+    memory = {
+        name: {"start_mb": round(rss / 2**20, 1), "end_mb": round(after[name] / 2**20, 1) if name in after else None,
+               "growth_pct": round(100.0 * (after[name] - rss) / rss, 2) if name in after else None}
+        for name, rss in before.items()
+    }  # fmt: skip
+    growth = [m["growth_pct"] for m in memory.values() if m["growth_pct"] is not None]
+    p50s = [r["p50_ms"] for r in rows if r["p50_ms"] is not None]
+    drift = p50s[-1] / p50s[0] if len(p50s) >= 2 and p50s[0] else 1.0
+    replaced = sorted(set(before) ^ set(after))  # a replica that died or was replaced during the run
+    targets = {
+        "zero_errors": not errors,
+        "flat_latency": drift <= FLAT_P50,
+        "memory_growth_under_5pct": bool(growth) and max(growth) < MAX_GROWTH_PCT and not replaced,
+    }
+    return {
+        "seconds": seconds, "requests": len(done), "errors": sum(errors.values()), "errors_by_kind": dict(errors),
+        "rps": round(len(done) / seconds, 2),
+        "p50_ms": round(float(np.percentile(ms, 50)), 1) if ms.size else None,
+        "p99_ms": round(float(np.percentile(ms, 99)), 1) if ms.size else None,
+        "p50_last_over_first": round(drift, 3), "windows": rows, "replica_memory": memory,
+        "replicas_replaced": replaced, "max_memory_growth_pct": max(growth) if growth else None,
+        "targets": targets, "ok": all(targets.values()),
+    }  # fmt: skip
+
+
+def free_port() -> int:
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return int(sock.getsockname()[1])
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--model", default="chronos-bolt-fm-tiny")
+    parser.add_argument("--size", default="tiny", choices=["tiny", "small"], help="zoo checkpoint size")
+    parser.add_argument("--clients", type=int, default=64)
+    parser.add_argument("--minutes", type=float, default=10.0)
+    parser.add_argument("--seconds", type=float, default=None, help="run length in seconds (overrides --minutes)")
+    parser.add_argument(
+        "--window-s", type=float, default=None, help="report window (default 60 s, or 1/4 of a short run)"
+    )
+    parser.add_argument("--warmup-s", type=float, default=5.0)
+    parser.add_argument("--context", type=int, default=512)
+    parser.add_argument("--num-cpus", type=float, default=0.5, help="CPU share of the model replica")
+    parser.add_argument("--max-batch", type=int, default=64)
+    parser.add_argument("--json", action="store_true")
+    args = parser.parse_args()
+    seconds = args.seconds if args.seconds is not None else args.minutes * 60.0
+    window_s = args.window_s or (60.0 if seconds >= 240 else max(1.0, seconds / 4))
+
+    import ray
+    from ray import serve
+
+    from fmtrade.jobs.ray_runtime import start_local_ray
+    from fmtrade.serve.app import build_app
+
+    home, _, _ = bench_home(args.model, args.size)
+    load = build_load(contexts(256, args.context), 1, args.model)
+    small = {"num_cpus": 0.1, "max_ongoing_requests": 4 * args.clients}
+    app_args = {
+        "settings": {"home": str(home)},
+        "models": [args.model],
+        "model_defaults": {"num_cpus": args.num_cpus, "max_batch_size": args.max_batch,
+                           "batch_wait_timeout_s": 0.005, "max_ongoing_requests": max(2 * args.max_batch, 8)},
+        "ensemble": small,
+        "ingress": small,
+        "limits": {"default_context_length": args.context},
+    }  # fmt: skip
+    port = free_port()
+    url = f"http://127.0.0.1:{port}/{APP}"
+    start_local_ray()
+    try:
+        serve.start(http_options={"host": "127.0.0.1", "port": port})
+        serve.run(build_app(app_args), name=APP, route_prefix=f"/{APP}", blocking=False)
+        asyncio.run(drive(url, min(args.clients, 8), args.warmup_s, load))  # lazy init in every hop
+        before = replica_rss(APP)
+        print(f"soaking {url} with {args.clients} clients for {seconds:g}s ({len(before)} replicas)", file=sys.stderr)
+        done, errors = asyncio.run(soak(url, args.clients, seconds, load))
+        after = replica_rss(APP)
+    finally:
+        ray.shutdown()  # the embedded Ray, Serve with it
+    result = {"model": args.model, "clients": args.clients, "context": args.context, "window_s": window_s,
+              **summarise(done, errors, seconds, window_s, before, after)}  # fmt: skip
+    if args.json:
+        print(json.dumps(result, indent=2))
+        return
+    print(f"\n{args.model}, {args.clients} clients, {seconds:g}s: {result['requests']} requests, "
+          f"{result['rps']} req/s, p50 {result['p50_ms']} ms, p99 {result['p99_ms']} ms, "
+          f"errors {result['errors']} {result['errors_by_kind'] or ''}")  # fmt: skip
+    print("| window | start s | requests | req/s | p50 ms | p99 ms |\n|---|---|---|---|---|---|")
+    for row in result["windows"]:
+        print(f"| {row['window']} | {row['start_s']} | {row['requests']} | {row['rps']} | {row['p50_ms']} "
+              f"| {row['p99_ms']} |")  # fmt: skip
+    print("| replica | RSS start MB | RSS end MB | growth % |\n|---|---|---|---|")
+    for name, mem in result["replica_memory"].items():
+        print(f"| {name} | {mem['start_mb']} | {mem['end_mb']} | {mem['growth_pct']} |")
+    print(f"targets: {result['targets']} -> {'OK' if result['ok'] else 'MISSED'}")
+
+
+if __name__ == "__main__":
+    main()
