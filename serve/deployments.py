@@ -11,6 +11,7 @@ answers with :func:`fmtrade.ensemble.combine` and reports the members it dropped
 from __future__ import annotations
 
 import asyncio
+import logging
 import time
 from collections.abc import Awaitable, Callable
 from typing import Any, Protocol, cast
@@ -21,7 +22,7 @@ from ray.serve.handle import DeploymentHandle
 
 from fmtrade.config import Settings
 from fmtrade.ensemble import EnsembleResult, combine, normalise_weights
-from fmtrade.errors import InputError
+from fmtrade.errors import FmtradeError, InputError
 from fmtrade.forecasting import MemberCalls
 from fmtrade.live_state import LiveState, apply_live_state
 from fmtrade.models.base import Forecast, Forecaster
@@ -40,6 +41,7 @@ from fmtrade.serve.messages import (
 from fmtrade.serve.options import AppConfig, ModelOptions
 
 _HEALTH_CONTEXT = np.linspace(100.0, 101.0, 64)
+log = logging.getLogger("fmtrade.serve")
 
 
 def has_adapter(settings: Settings, model: str, adapter: str) -> bool:
@@ -71,7 +73,16 @@ class ModelDeployment:
         self.settings = cfg.load_settings()
         self.spec = model_spec(self.settings, model)
         self.options = cfg.options_for(model)
-        self.base = build_forecaster(self.spec, self.settings)
+        self.limits = cfg.limits
+        self.load_error: str | None = None
+        try:
+            self.base: Forecaster | None = build_forecaster(self.spec, self.settings)
+        except FmtradeError as exc:
+            # A damaged or missing checkpoint does not heal when the replica restarts: keep the replica
+            # up and answer every call with the reason, so the ensemble answers with the other members
+            # and names this one in `failed`, and the application still deploys.
+            self.base, self.load_error = None, f"{type(exc).__name__}: {exc}"
+            log.error("model %s not loaded, answering every call with the reason: %s", model, self.load_error)
         batching = cast(_BatchSettings, self._batched)
         batching.set_max_batch_size(self.options.max_batch_size)
         batching.set_batch_wait_timeout_s(self.options.batch_wait_timeout_s)
@@ -94,6 +105,8 @@ class ModelDeployment:
         into pieces of at most ``max_batch_size`` series for ``@serve.batch``, which merges
         them with other calls' pieces; a request's failure comes back in its own slot, so the
         requests that travelled with it still get their answers."""
+        if self.load_error is not None:
+            return [ModelUnavailable(self.load_error) for _ in requests]
         return list(await asyncio.gather(*(self._answer(r) for r in requests)))
 
     async def _answer(self, request: ModelRequest) -> ModelResult | Exception:
@@ -117,6 +130,7 @@ class ModelDeployment:
         """One model call per (horizon, levels) group of the merged requests. Serve splits
         batches by multiplexed id, so every request here wants the same adapter."""
         adapter = serve.get_multiplexed_model_id() or None
+        assert self.base is not None  # forecast() answers for a model that did not load, without batching
         model = await self._adapter(adapter) if adapter else self.base
         groups: dict[tuple[int, tuple[float, ...]], list[int]] = {}
         for i, req in enumerate(requests):
@@ -151,24 +165,40 @@ class ModelDeployment:
         return ModelResult(forecast, adapter, (time.perf_counter() - start) * 1000.0, request.rows)
 
     def describe(self) -> dict[str, Any]:
-        """Static facts the API validates against and /v1/models reports."""
+        """Static facts the API validates against and /v1/models reports. A model that did not load
+        reports its reason in ``error`` and limits no tighter than the application's, so requests
+        naming other members are validated as if it were absent."""
         wrapper = getattr(self._adapter.__wrapped__, "__serve_multiplex_wrapper", None)
-        return {
+        facts = {
             "name": self.spec.name,
             "family": self.spec.family,
-            "device": self.base.device,
-            "max_horizon": int(self.base.max_horizon),
-            "max_context": int(self.base.max_context),
-            "min_context": int(self.base.min_context),
             "weight": self.spec.weight,
             "max_batch_size": self.options.max_batch_size,
             "batch_wait_timeout_s": self.options.batch_wait_timeout_s,
             "adapters_loaded": sorted(wrapper.models) if wrapper is not None else [],
+            "error": self.load_error,
+        }
+        if self.base is None:
+            limits = self.limits
+            return {**facts, "device": self.spec.device, "max_horizon": limits.max_horizon,
+                    "max_context": limits.max_context_points, "min_context": 1}  # fmt: skip
+        return {
+            **facts,
+            "device": self.base.device,
+            "max_horizon": int(self.base.max_horizon),
+            "max_context": int(self.base.max_context),
+            "min_context": int(self.base.min_context),
         }
 
     async def check_health(self) -> None:
-        """Really run the model on a tiny context: a replica whose model broke is restarted."""
-        await asyncio.to_thread(self.base.forecast, [_HEALTH_CONTEXT], 1, (0.5,))
+        """Really run the model on a tiny context: a replica whose model broke is restarted. One
+        whose model never loaded stays up (a restart reloads the same files): it reports the reason."""
+        if self.base is not None:
+            await asyncio.to_thread(self.base.forecast, [_HEALTH_CONTEXT], 1, (0.5,))
+
+
+class ModelUnavailable(FmtradeError):
+    """The member's model did not load; the message is the load error (file and rebuild command)."""
 
 
 class FanOut:

@@ -10,23 +10,18 @@ from __future__ import annotations
 
 import json
 from collections import Counter
-from collections.abc import Iterator
 from typing import Any
 
 import httpx
 import pytest
 from hypothesis import HealthCheck, given, settings
 
-from fmtrade.config import load_settings
-from fmtrade.data.store import Store
-from fmtrade.data.synthetic import SyntheticSpec, synthesize
-from tests.conftest import free_port
+from tests.reliability.conftest import HEALTHY, SYMBOL, replica_pids
 
 pytestmark = pytest.mark.slow
 
 schemathesis = pytest.importorskip("schemathesis")
-ray = pytest.importorskip("ray")
-serve = pytest.importorskip("ray.serve")
+pytest.importorskip("ray.serve")
 
 from schemathesis import GenerationMode  # noqa: E402  (after the importorskip above)
 from schemathesis.specs.openapi.checks import (  # noqa: E402
@@ -36,73 +31,6 @@ from schemathesis.specs.openapi.checks import (  # noqa: E402
 )
 
 CASES_PER_OPERATION = 25
-MODELS = ["random-walk", "naive"]
-
-
-@pytest.fixture(scope="module")
-def served(tmp_path_factory: pytest.TempPathFactory) -> Iterator[dict[str, Any]]:
-    """One Serve application (two baseline members, a stored symbol) on a free loopback port."""
-    from fmtrade.jobs.ray_runtime import fast_path_env, start_local_ray
-    from fmtrade.serve.app import build_app
-
-    home = tmp_path_factory.mktemp("fuzz-home")
-    overrides = {"home": str(home)}
-    with pytest.MonkeyPatch.context() as env:
-        env.setenv("FMTRADE_HOME", str(home))  # replicas inherit the environment Ray starts with
-        env.delenv("FMTRADE_API_TOKEN", raising=False)
-        for key, value in fast_path_env().items():
-            env.setenv(key, value)
-        store = Store(load_settings(None, overrides).store_uri())
-        market = synthesize(["SYNAUSDT"], SyntheticSpec(hours=600, seed=5))
-        store.write_bars("linear", "SYNAUSDT", "60", market.bars["SYNAUSDT"])
-        small = {"num_cpus": 0.1, "max_ongoing_requests": 64}
-        args = {
-            "settings": overrides,
-            "models": MODELS,
-            "model_defaults": small,
-            "ensemble": {**small, "timeout_s": 5.0},
-            "ingress": small,
-            "limits": {"max_context_points": 2048, "max_horizon": 256, "max_series": 16},
-            "max_body_bytes": 200_000,
-        }
-        port = free_port()
-        start_local_ray(num_cpus=2)
-        try:
-            serve.start(http_options={"host": "127.0.0.1", "port": port})
-            serve.run(build_app(args), name="fmtrade", route_prefix="/", blocking=False)
-            url = f"http://127.0.0.1:{port}"
-            _wait_ready(url)
-            yield {"url": url, "replicas": replica_pids()}
-        finally:
-            serve.shutdown()
-            ray.shutdown()
-
-
-def _wait_ready(url: str, timeout_s: float = 300.0) -> None:
-    import time
-
-    deadline = time.monotonic() + timeout_s
-    while time.monotonic() < deadline:
-        try:
-            if httpx.get(f"{url}/readyz", timeout=10).status_code == 200:
-                return
-        except httpx.HTTPError:
-            pass
-        time.sleep(1.0)
-    raise AssertionError(f"{url} not ready within {timeout_s:g}s")
-
-
-def replica_pids() -> dict[str, tuple[int, int]]:
-    """The alive Serve replica actors of this Ray: actor id -> (PID, restarts). A replica that
-    crashed and was replaced is a new actor or a restarted one; either changes this."""
-    from ray._private import state
-
-    actors = state.actors()  # the GCS this driver is connected to (other Rays may run on the machine)
-    return {
-        actor_id: (info["Pid"], info["NumRestarts"])
-        for actor_id, info in actors.items()
-        if info["ActorClassName"].startswith("ServeReplica") and info["State"] == "ALIVE"
-    }
 
 
 def no_undocumented_server_error(ctx: Any, response: Any, case: Any) -> bool | None:
@@ -135,14 +63,14 @@ def pin(case: Any) -> Any:
     for item in items[:16] if isinstance(items, list) else []:
         if isinstance(item, dict):
             if "symbol" in item:
-                item["symbol"] = "SYNAUSDT"
+                item["symbol"] = SYMBOL
             if isinstance(item.get("context"), list):
                 item["context"] = [*item["context"], 1.0, 1.0][: max(2, len(item["context"]))]
     if "series" in body and isinstance(body["series"], list):
         body["series"] = body["series"][:16]
     for key in ("category", "interval", "context_length"):
         body.pop(key, None)
-    body.update(models=MODELS, quantiles=[0.1, 0.5, 0.9])
+    body.update(models=HEALTHY, quantiles=[0.1, 0.5, 0.9])
     horizon = body.get("horizon")
     body["horizon"] = min(max(horizon, 1), 48) if isinstance(horizon, int) and not isinstance(horizon, bool) else 24
     return case

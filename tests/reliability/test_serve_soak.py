@@ -1,37 +1,38 @@
-"""bench/serve_soak.py for a few seconds, as CI runs it: the real script on a real Serve app."""
+"""bench/serve_soak.py's measurement for a few seconds against the shared served application
+(tests/reliability/conftest.py): its soak, per-window and replica-memory code on a real Serve app."""
 
 from __future__ import annotations
 
-import json
-import os
-import subprocess
+import asyncio
 import sys
+from typing import Any
 
 import pytest
 
 from tests.conftest import REPO
+from tests.reliability.conftest import HEALTHY, replica_pids
 
 pytestmark = pytest.mark.slow
 
 pytest.importorskip("ray.serve")
 pytest.importorskip("aiohttp")
+sys.path.insert(0, str(REPO / "bench"))
+from serve_load import build_load, contexts  # noqa: E402  (bench/ is not a package)
+from serve_soak import replica_rss, soak, summarise  # noqa: E402
 
 
-def test_short_soak_has_no_error_and_reports_every_window_and_replica(tmp_path) -> None:
-    command = [
-        sys.executable, str(REPO / "bench" / "serve_soak.py"), "--model", "random-walk", "--clients", "16",
-        "--seconds", "6", "--warmup-s", "2", "--json",
-    ]  # fmt: skip
-    env = {**os.environ, "FMTRADE_HOME": str(tmp_path / "home")}
-    done = subprocess.run(command, capture_output=True, text=True, timeout=300, cwd=REPO, env=env)
-    assert done.returncode == 0, done.stderr[-3000:]
-    doc = json.loads(done.stdout)
+def test_short_soak_has_no_error_and_reports_every_window_and_replica(served: dict[str, Any]) -> None:
+    load = build_load(contexts(64, 256), 1, HEALTHY[0])
+    before = replica_rss(served["app"])
+    done, errors = asyncio.run(soak(served["url"], 16, 6.0, load))
+    doc = summarise(done, errors, 6.0, 1.5, before, replica_rss(served["app"]))
     assert doc["errors"] == 0 and doc["errors_by_kind"] == {}, doc["errors_by_kind"]
-    assert [w["window"] for w in doc["windows"]] == [0, 1, 2, 3]  # 6 s in windows of 1.5 s
+    assert [w["window"] for w in doc["windows"]] == [0, 1, 2, 3]
     assert all(w["requests"] > 0 and w["p99_ms"] >= w["p50_ms"] > 0 for w in doc["windows"]), doc["windows"]
     assert sum(w["requests"] for w in doc["windows"]) == doc["requests"] > 0
     deployments = sorted(name.split("#")[0] for name in doc["replica_memory"])
-    assert deployments == ["api", "ensemble", "model-random-walk"]
+    assert deployments == ["api", "ensemble", "model-chronos-bolt-fm-tiny", "model-naive", "model-random-walk"]
     for memory in doc["replica_memory"].values():
         assert memory["start_mb"] > 50 and memory["end_mb"] > 50  # a Python process with Ray and torch loaded
     assert doc["replicas_replaced"] == [] and doc["targets"]["zero_errors"]
+    assert replica_pids() == served["replicas"]  # nothing restarted under load
