@@ -17,6 +17,7 @@ from typing import Any
 from ray.job_submission import JobDetails, JobStatus, JobSubmissionClient
 
 from fmtrade.cluster.dashboard import client, get_json
+from fmtrade.cluster.local import ClusterError
 from fmtrade.errors import InputError
 
 _GIB = 1024**3
@@ -65,8 +66,8 @@ def job_row(job: JobDetails) -> dict[str, Any]:
     """What a listing shows of a job: never its runtime_env (env_vars may hold secrets)."""
     return {
         "job_id": job.submission_id or job.job_id,
-        "type": str(job.type.value if hasattr(job.type, "value") else job.type),
-        "status": str(job.status.value if hasattr(job.status, "value") else job.status),
+        "type": job.type.value,
+        "status": job.status.value,
         "entrypoint": job.entrypoint,
         "message": job.message,
         "start_time": job.start_time,
@@ -110,7 +111,7 @@ def _existing(jobs_client: JobSubmissionClient, address: str, job_id: str) -> Jo
             raise InputError(
                 "job_id", f"no job {job_id!r} on the cluster at {address} (`fmtrade cluster jobs` lists them)"
             ) from None
-        raise
+        raise ClusterError(f"address: the job server at {address} failed: {str(exc).splitlines()[0]}") from None
 
 
 def job(address: str, job_id: str) -> dict[str, Any]:
