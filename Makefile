@@ -47,13 +47,15 @@ demo: venv
 # skipped. Every step has a timeout: the check ends within ~8 minutes whatever happens.
 GPU_PYTHON ?= python3
 GPU_SITE ?= /tmp/fmtrade-gpu-site
+WHL_DIR ?= .whl
+GPU_CHECK_ARGS ?= --out build/gpu-check
 gpu-check:
-	@if ls .whl/*.whl > /dev/null 2>&1; then \
+	@if ls $(WHL_DIR)/*.whl > /dev/null 2>&1; then \
 	  timeout 120 $(GPU_PYTHON) -m pip install -q --no-index --no-deps --no-compile --no-cache-dir --upgrade \
-	    --target $(GPU_SITE) .whl/*.whl || echo "gpu-check: installing .whl/ failed: families needing it are skipped"; \
-	else echo "gpu-check: no .whl/ (run scripts/gpu_wheels.sh where pip works): families needing it are skipped"; fi
+	    --target $(GPU_SITE) $(WHL_DIR)/*.whl || echo "gpu-check: installing $(WHL_DIR) failed: families needing it are skipped"; \
+	else echo "gpu-check: no $(WHL_DIR)/ (run scripts/gpu_wheels.sh where pip works): families needing it are skipped"; fi
 	PYTHONPATH=$(CURDIR):$(GPU_SITE)$${PYTHONPATH:+:$$PYTHONPATH} PYTHONUNBUFFERED=1 \
-	  timeout -k 10 480 $(GPU_PYTHON) bench/gpu_check.py --out build/gpu-check
+	  timeout -k 10 480 $(GPU_PYTHON) bench/gpu_check.py $(GPU_CHECK_ARGS)
 
 # The same code paths on CPU at the zoo's tiny size (what CI runs; tests/test_gpu_check.py).
 gpu-check-smoke: venv
