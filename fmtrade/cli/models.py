@@ -14,7 +14,7 @@ from fmtrade.cli.common import (
     split_csv,
     zoo_build_options,
 )
-from fmtrade.models.zoo import build_zoo, list_models
+from fmtrade.models.zoo import SIZES, build_zoo, list_models
 
 app = typer.Typer(help="The model registry and the local model zoo.", no_args_is_help=True)
 
@@ -35,15 +35,24 @@ def build_command(
     only: str = typer.Option(None, "--only", help="Comma-separated zoo model names (default: all)."),
     force: bool = typer.Option(False, "--force", help="Rebuild checkpoints that already exist."),
     seed: int = typer.Option(0, "--seed", help="Seed of the initial weights."),
+    size: str = typer.Option(
+        None,
+        "--size",
+        help=f"Build from seeded weights at this size ({'|'.join(SIZES)}; published-small and base: each "
+        "family at its published checkpoints' size, for GPUs) instead of copying the shipped tiny weights.",
+    ),
     pretrain_minutes: float = PRETRAIN_MINUTES_OPTION,
     json_out: bool = JSON_OPTION,
 ) -> None:
     """Build the zoo: copy the pretrained checkpoints the package ships (seconds), or with
     --pretrain-minutes build each from seeded weights and pretrain it in this process
-    (``fmtrade pretrain`` is the Ray Train job)."""
+    (``fmtrade pretrain`` is the Ray Train job); --size builds random-initialised at that size."""
+    options = zoo_build_options(pretrain_minutes, seed)
+    if size is not None:
+        options["use_shipped"] = False  # the shipped weights are tiny ones
     with Console(stderr=True).status("building the model zoo"):
-        rows = build_zoo(settings(), only=split_csv(only, "--only") or None, seed=seed, force=force,
-                         **zoo_build_options(pretrain_minutes, seed))  # fmt: skip
+        rows = build_zoo(settings(), only=split_csv(only, "--only") or None, size=size or "tiny", seed=seed,
+                         force=force, **options)  # fmt: skip
     if json_out:
         emit_json(rows)
         return

@@ -69,6 +69,16 @@ _SIZES: dict[str, dict[str, int]] = {
     "tiny": {"d_model": 64, "d_kv": 16, "d_ff": 256, "num_layers": 2, "num_heads": 4},
     "small": {"d_model": 256, "d_kv": 64, "d_ff": 1024, "num_layers": 4, "num_heads": 4},
 }
+#: Published sizes (random-initialised at the published checkpoints' dimensions and geometry, for GPUs):
+#: ``published-small`` is chronos-t5-small / chronos-bolt-small / chronos-2-small, ``base`` is
+#: chronos-t5-base / chronos-bolt-base / chronos-2 (120M). fmtrade's own ``small`` above has the
+#: dimensions of the published *tiny* T5 models.
+_PUBLISHED: dict[str, dict[str, int]] = {
+    "published-small": {"d_model": 512, "d_kv": 64, "d_ff": 2048, "num_layers": 6, "num_heads": 8},
+    "base": {"d_model": 768, "d_kv": 64, "d_ff": 3072, "num_layers": 12, "num_heads": 12},
+}
+#: The published configs' context lengths: Chronos T5 512, Chronos-Bolt 2048, Chronos-2 8192.
+_PUBLISHED_CONTEXT = {"chronos": 512, "chronos-bolt": 2048, "chronos2": 8192}
 _CONTEXT_LENGTH = 512  # zoo checkpoints: enough for three weeks of hourly bars
 #: The token model's context: its T5 encoder attends over every bar (quadratic), so a 512-bar
 #: training step takes ~2.6 s on 2 CPU cores against 0.37 s at 128. In the same 2 minutes of
@@ -395,9 +405,15 @@ class Chronos2Forecaster(_ChronosFamily):
 
 
 def _dims(size: str) -> dict[str, int]:
-    if size not in _SIZES:
-        raise InputError("size", f"{size!r} is not one of {', '.join(_SIZES)}")
-    return _SIZES[size]
+    sizes = {**_SIZES, **_PUBLISHED}
+    if size not in sizes:
+        raise InputError("size", f"{size!r} is not one of {', '.join(sizes)}")
+    return sizes[size]
+
+
+def _context(family: str, size: str, zoo_context: int) -> int:
+    """The zoo's context for fmtrade's own sizes, the published config's for a published size."""
+    return _PUBLISHED_CONTEXT[family] if size in _PUBLISHED else zoo_context
 
 
 def _save_seeded(make: Callable[[], PreTrainedModel], out_dir: Path, seed: int) -> Path:
@@ -432,12 +448,12 @@ def _t5_config(dims: dict[str, int], chronos_config: dict[str, Any], pipeline_cl
 def build_chronos_checkpoint(out_dir: Path, size: str = "tiny", seed: int = 0) -> Path:
     """Chronos T5 token model (seq2seq) with the published tokenizer: 4096 mean-scaled uniform
     bins on [-15, 15], EOS token, 20 sample paths, top-k 50; a 128-bar context (see
-    ``_TOKEN_CONTEXT_LENGTH``)."""
+    ``_TOKEN_CONTEXT_LENGTH``), the published 512 at a published size."""
     dims = _dims(size)
     chronos_config = {
         "tokenizer_class": "MeanScaleUniformBins",
         "tokenizer_kwargs": {"low_limit": -15.0, "high_limit": 15.0},
-        "context_length": _TOKEN_CONTEXT_LENGTH,
+        "context_length": _context("chronos", size, _TOKEN_CONTEXT_LENGTH),
         "prediction_length": 64,
         "n_tokens": 4096,
         "n_special_tokens": 2,
@@ -455,34 +471,38 @@ def build_chronos_checkpoint(out_dir: Path, size: str = "tiny", seed: int = 0) -
 
 
 def build_chronos_bolt_checkpoint(out_dir: Path, size: str = "tiny", seed: int = 0) -> Path:
-    """Chronos-Bolt: patches of 16, [REG] token, 64-step direct output at the deciles."""
+    """Chronos-Bolt: patches of 16, [REG] token, 64-step direct output at the deciles. A published
+    size has the published context (2048) and embedding table (2 rows: pad and [REG])."""
     dims = _dims(size)
     chronos_config = {
-        "context_length": _CONTEXT_LENGTH,
+        "context_length": _context("chronos-bolt", size, _CONTEXT_LENGTH),
         "prediction_length": 64,
         "input_patch_size": 16,
         "input_patch_stride": 16,
         "quantiles": _BOLT_QUANTILES,
         "use_reg_token": True,
     }
-    config = _t5_config(dims, chronos_config, "ChronosBoltPipeline")
+    extra = {"vocab_size": 2} if size in _PUBLISHED else {}  # fmtrade's sizes keep T5's default table
+    config = _t5_config(dims, chronos_config, "ChronosBoltPipeline", **extra)
     return _save_seeded(lambda: ChronosBoltModelForForecasting(config), out_dir, seed)
 
 
 def build_chronos2_checkpoint(out_dir: Path, size: str = "tiny", seed: int = 0) -> Path:
     """Chronos-2: patches of 16, [REG] token, arcsinh scaling, 21 quantiles (0.01..0.99) like the
-    published model, up to 4 output patches (64 steps) per forward pass."""
+    published model, up to 4 output patches (64 steps) per forward pass; a published size has the
+    published 8192 context and 64 output patches."""
     dims = _dims(size)
+    context = _context("chronos2", size, _CONTEXT_LENGTH)
     chronos_config = {
-        "context_length": _CONTEXT_LENGTH,
+        "context_length": context,
         "input_patch_size": 16,
         "input_patch_stride": 16,
         "output_patch_size": 16,
         "quantiles": _CHRONOS2_QUANTILES,
         "use_reg_token": True,
         "use_arcsinh": True,
-        "max_output_patches": 4,
-        "time_encoding_scale": _CONTEXT_LENGTH,
+        "max_output_patches": 64 if size in _PUBLISHED else 4,
+        "time_encoding_scale": context,
     }
     config = Chronos2CoreConfig(
         chronos_config=chronos_config,

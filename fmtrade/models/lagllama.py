@@ -83,6 +83,10 @@ class _Size(TypedDict):
 _SIZES: dict[str, _Size] = {
     "tiny": {"n_embd": 96, "n_layer": 2, "n_head": 4, "ffn_hidden": 256, "context_length": 64},
     "small": {"n_embd": 256, "n_layer": 6, "n_head": 8, "ffn_hidden": 688, "context_length": 256},
+    # The published checkpoint's transformer (one size): 8 layers, 9 heads of 16, context 32, the
+    # Llama MLP width rounded up to a multiple of 256; fmtrade's hourly lags in place of its lag set.
+    "published-small": {"n_embd": 144, "n_layer": 8, "n_head": 9, "ffn_hidden": 512, "context_length": 32},
+    "base": {"n_embd": 144, "n_layer": 8, "n_head": 9, "ffn_hidden": 512, "context_length": 32},
 }
 
 

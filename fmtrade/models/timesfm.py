@@ -57,9 +57,12 @@ LORA_TARGET_MODULES: tuple[str, ...] = ("qkv_proj", "out", "ff0", "ff1")
 
 #: Zoo sizes: transformer width/depth/heads. Patch lengths, the quantile head and the
 #: architecture are the 200M model's (hidden_dims == model_dims, as in the published model).
+#: ``published-small`` and ``base`` are the published 200M model itself (TimesFM 2.5 has one size).
 _SIZES: dict[str, dict[str, int]] = {
     "tiny": {"model_dims": 64, "num_layers": 2, "num_heads": 4},
     "small": {"model_dims": 256, "num_layers": 6, "num_heads": 8},
+    "published-small": {"model_dims": 1280, "num_layers": 20, "num_heads": 16},
+    "base": {"model_dims": 1280, "num_layers": 20, "num_heads": 16},
 }
 
 

@@ -37,7 +37,10 @@ from fmtrade.models.shipped import copy_shipped, shipped_checkpoint
 
 log = logging.getLogger(__name__)
 
-SIZES = ("tiny", "small")
+#: ``tiny`` and ``small`` are fmtrade's CPU sizes (what the shipped weights were trained at);
+#: ``published-small`` and ``base`` build each family at its published checkpoints' sizes, random-
+#: initialised, for GPUs (docs/MODELS.md, Sizes). A family with one published size builds it for both.
+SIZES = ("tiny", "small", "published-small", "base")
 
 #: Called as ``post_build(spec, checkpoint_dir)`` on a freshly built checkpoint before it is published.
 PostBuild = Callable[[ModelSpec, Path], None]
