@@ -267,6 +267,11 @@ def _timesfm_stock(checkpoint: Path, plan: Plan) -> tuple[Callable, str]:
     return run, f"timesfm.{cls.__name__}.compile+forecast" + (" (fmtrade subclass: non-200M size)" if custom else "")
 
 
+def _sig(value: float) -> float:
+    """Four significant digits: a slow model's 0.04 forecasts/s must not round to zero."""
+    return float(f"{value:.4g}")
+
+
 def rate(run: Callable[[list[np.ndarray]], Any], rows: list[np.ndarray], plan: Plan, part: str) -> dict[str, Any]:
     """Forecasts/s of ``run(rows)``: one warm-up call, then calls for at least ``plan.min_seconds``.
     Skipped (with the reason) when the warm-up alone shows it cannot fit the part's budget."""
@@ -275,7 +280,7 @@ def rate(run: Callable[[list[np.ndarray]], Any], rows: list[np.ndarray], plan: P
     sync(plan.device)
     first = time.perf_counter() - start
     if first + plan.min_seconds > plan.left(part):
-        return {"forecasts_per_s": round(len(rows) / first, 1), "calls": 1, "note": "warm-up call only (time budget)"}
+        return {"forecasts_per_s": _sig(len(rows) / first), "calls": 1, "note": "warm-up call only (time budget)"}
     calls, began = 0, time.perf_counter()
     while True:
         run(rows)
@@ -283,7 +288,7 @@ def rate(run: Callable[[list[np.ndarray]], Any], rows: list[np.ndarray], plan: P
         sync(plan.device)
         elapsed = time.perf_counter() - began
         if elapsed >= plan.min_seconds:
-            return {"forecasts_per_s": round(calls * len(rows) / elapsed, 1), "calls": calls}
+            return {"forecasts_per_s": _sig(calls * len(rows) / elapsed), "calls": calls}
 
 
 def throughput(case: Case, checkpoint: Path, plan: Plan) -> dict[str, Any]:
@@ -317,7 +322,7 @@ def rates(case: Case, checkpoint: Path, plan: Plan) -> dict[str, Any]:
                 cell[path] = {"skipped": f"estimated {estimate:.0f} s exceeds the time budget left"}
                 continue
             cell[path] = rate(run, data, plan, "throughput")
-            last_s[path] = 1.0 / cell[path]["forecasts_per_s"]
+            last_s[path] = 1.0 / max(cell[path]["forecasts_per_s"], 1e-9)
         if "forecasts_per_s" in cell.get("fmtrade", {}) and "forecasts_per_s" in cell.get("stock", {}):
             cell["ratio"] = round(cell["fmtrade"]["forecasts_per_s"] / cell["stock"]["forecasts_per_s"], 3)
         rows[batch] = cell
@@ -333,8 +338,8 @@ def rates(case: Case, checkpoint: Path, plan: Plan) -> dict[str, Any]:
 
 
 def agreement(case: Case, checkpoint: Path, plan: Plan) -> dict[str, Any]:
-    """fmtrade's median forecast in bfloat16 vs float32 on the same rows and seeds: relative error
-    |bf16 - fp32| / |fp32| (sampling families also differ by the paths the rounding changes)."""
+    """fmtrade's median forecast in bfloat16 vs float32 on the same rows and seeds: |bf16 - fp32| as a
+    fraction of the row's last price (sampling families also differ by the paths the rounding changes)."""
     rows = contexts(min(64, max(plan.batches)), plan.context, seed=1)
     seeds = list(range(len(rows)))
     medians = {}
@@ -343,7 +348,9 @@ def agreement(case: Case, checkpoint: Path, plan: Plan) -> dict[str, Any]:
         medians[dtype] = model.forecast(rows, plan.horizon, LEVELS, seeds=seeds).quantile(0.5)
         del model
         free(plan.device)
-    rel = np.abs(medians["bfloat16"] - medians["float32"]) / np.abs(medians["float32"])
+    # Scaled by each row's last price, not by the fp32 median: random weights can put a median near 0.
+    last = np.array([row[-1] for row in rows])[:, None]
+    rel = np.abs(medians["bfloat16"] - medians["float32"]) / last
     return {
         "rows": len(rows),
         "median_rel_error": float(np.median(rel)),
@@ -455,7 +462,7 @@ def serving(case: Case, checkpoint: Path, plan: Plan, options: dict[str, Any]) -
         doc["clients"].append(
             {
                 "clients": clients,
-                "forecasts_per_s": round(len(latencies) / elapsed, 1),
+                "forecasts_per_s": _sig(len(latencies) / elapsed),
                 "p50_ms": round(statistics.median(latencies), 2),
                 "p99_ms": round(float(np.quantile(latencies, 0.99)), 2),
                 "mean_batch": round(statistics.fmean(batcher.sizes), 1),
@@ -530,7 +537,7 @@ def train_steps(case: Case, checkpoint: Path, plan: Plan, lora: bool) -> dict[st
     sync(plan.device)
     elapsed = time.perf_counter() - began
     return {
-        "steps_per_s": round(steps / elapsed, 2),
+        "steps_per_s": _sig(steps / elapsed),
         "steps": steps,
         "trainable_parameters": sum(map(torch.numel, params)),
     }
@@ -570,7 +577,8 @@ def markdown(report: dict[str, Any]) -> str:
                 f"| {name} | {fam['size']} | {fam['parameters'] / 1e6:.1f}M | {fam['dtype']} | {cell['batch']} "
                 f"| {fm} | {st} | {cell.get('ratio', '-')} |"
             )
-    lines += ["", "| model | bf16 vs fp32 median rel. error (median / p99 / max) |", "| --- | --- |"]
+    lines += ["", "| model | bf16 vs fp32: abs. difference of the medians / last price (median / p99 / max) |"]
+    lines += ["| --- | --- |"]
     for name, fam in report["throughput"].items():
         agree = fam.get("bf16_vs_fp32", {})
         if "median_rel_error" in agree:
