@@ -7,7 +7,9 @@ Starts Ray (embedded) and Serve with one application serving ``--model`` (HTTP a
 Reported per window of ``--window-s`` (default one minute): requests, throughput, p50/p99
 latency and errors; over the run: every error by kind (HTTP status or exception), and each
 Serve replica's resident memory (psutil, on the replica PIDs from Ray's actor table) after the
-warm-up and at the end.
+warm-up and at the end. Each window also says how much of the machine's CPU other processes than
+the service and the load generator took, so a slowdown caused by a neighbour is told apart from
+one of the service.
 
 Targets (``ok`` in the JSON): zero errors, flat latency (the last window's p50 within 25% of the
 first's) and no replica growing its resident memory by 5% or more. The memory baseline is taken
@@ -32,7 +34,16 @@ from typing import Any
 import numpy as np
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from serve_load import Load, bench_home, build_load, closed_loop, contexts, drive  # noqa: E402  (bench/ is not a package)
+from serve_load import (  # noqa: E402  (bench/ is not a package)
+    Load,
+    bench_home,
+    build_load,
+    busy_cpu_s,
+    closed_loop,
+    contexts,
+    drive,
+    server_cpu_s,
+)
 
 APP = "soak"
 FLAT_P50 = 1.25  # last window's p50 over the first's, at most
@@ -57,14 +68,27 @@ def replica_rss(app: str) -> dict[str, int]:
     return out
 
 
-async def soak(url: str, clients: int, seconds: float, load: Load) -> tuple[list[tuple[float, float]], Counter[str]]:
+def cpu_snapshot(app: str) -> tuple[float, float]:
+    """(busy CPU seconds of the whole machine, CPU seconds of ``app``'s Serve processes and this
+    load generator) so far: their difference is what other processes took from the run."""
+    import psutil
+
+    me = psutil.Process().cpu_times()
+    return busy_cpu_s(), sum(server_cpu_s(app).values()) + me.user + me.system
+
+
+async def soak(
+    url: str, clients: int, seconds: float, load: Load, app: str, window_s: float
+) -> tuple[list[tuple[float, float]], Counter[str], list[tuple[float, float]]]:
     """``clients`` closed-loop clients for ``seconds``: (finish time since start, latency s) of each
-    answered request, and every failed one counted by kind. A failure never stops its client."""
+    answered request, every failed one counted by kind (a failure never stops its client), and a
+    :func:`cpu_snapshot` at the start and after each window."""
     import aiohttp
 
     headers = {"content-type": "application/json"}
     done: list[tuple[float, float]] = []
     errors: Counter[str] = Counter()
+    samples = [cpu_snapshot(app)]
     start = time.perf_counter()
     stop = start + seconds
 
@@ -87,35 +111,50 @@ async def soak(url: str, clients: int, seconds: float, load: Load) -> tuple[list
             now = time.perf_counter()
             done.append((now - start, now - began))
 
-    await closed_loop(clients, client)
-    return done, errors
+    async def sampler() -> None:
+        for w in range(1, max(1, int(np.ceil(seconds / window_s))) + 1):
+            await asyncio.sleep(max(0.0, start + min(w * window_s, seconds) - time.perf_counter()))
+            samples.append(cpu_snapshot(app))
+
+    await asyncio.gather(closed_loop(clients, client), sampler())
+    return done, errors, samples
 
 
-def windows(done: list[tuple[float, float]], seconds: float, window_s: float) -> list[dict[str, Any]]:
-    """Requests, throughput and p50/p99 latency (ms) of each ``window_s`` slice of the run."""
+def windows(
+    done: list[tuple[float, float]], seconds: float, window_s: float, samples: list[tuple[float, float]]
+) -> list[dict[str, Any]]:
+    """Requests, throughput, p50/p99 latency (ms) of each ``window_s`` slice of the run, and the share
+    of the machine's CPU that other processes than the service and the load generator took in it."""
+    import psutil
+
+    cores = psutil.cpu_count() or 1
     count = max(1, int(np.ceil(seconds / window_s)))
     rows = []
     for w in range(count):
-        ms = np.array(
-            [lat for t, lat in done if w * window_s <= t < (w + 1) * window_s or (w == count - 1 and t >= seconds)]
-        )
+        last = w == count - 1
+        ms = np.array([lat for t, lat in done if w * window_s <= t < (w + 1) * window_s or (last and t >= seconds)])
         ms *= 1000.0
         span = min(window_s, seconds - w * window_s)
+        others = None
+        if w + 1 < len(samples):
+            (busy0, ours0), (busy1, ours1) = samples[w], samples[w + 1]
+            others = round(100.0 * max(0.0, (busy1 - busy0) - (ours1 - ours0)) / (span * cores), 1)
         rows.append({
             "window": w, "start_s": round(w * window_s, 1), "requests": int(ms.size),
             "rps": round(ms.size / span, 2) if span > 0 else 0.0,
             "p50_ms": round(float(np.percentile(ms, 50)), 1) if ms.size else None,
             "p99_ms": round(float(np.percentile(ms, 99)), 1) if ms.size else None,
+            "other_processes_cpu_pct": others,
         })  # fmt: skip
     return rows
 
 
 def summarise(
     done: list[tuple[float, float]], errors: Counter[str], seconds: float, window_s: float,
-    before: dict[str, int], after: dict[str, int],
+    before: dict[str, int], after: dict[str, int], samples: list[tuple[float, float]],
 ) -> dict[str, Any]:  # fmt: skip
     """The run's figures and whether each target was met."""
-    rows = windows(done, seconds, window_s)
+    rows = windows(done, seconds, window_s, samples)
     ms = np.array([lat for _, lat in done]) * 1000.0
     memory = {
         name: {"start_mb": round(rss / 2**20, 1), "end_mb": round(after[name] / 2**20, 1) if name in after else None,
@@ -194,22 +233,23 @@ def main() -> None:
         asyncio.run(drive(url, min(args.clients, 8), args.warmup_s, load))  # lazy init in every hop
         before = replica_rss(APP)
         print(f"soaking {url} with {args.clients} clients for {seconds:g}s ({len(before)} replicas)", file=sys.stderr)
-        done, errors = asyncio.run(soak(url, args.clients, seconds, load))
+        done, errors, samples = asyncio.run(soak(url, args.clients, seconds, load, APP, window_s))
         after = replica_rss(APP)
     finally:
         ray.shutdown()  # the embedded Ray, Serve with it
     result = {"model": args.model, "clients": args.clients, "context": args.context, "window_s": window_s,
-              **summarise(done, errors, seconds, window_s, before, after)}  # fmt: skip
+              **summarise(done, errors, seconds, window_s, before, after, samples)}  # fmt: skip
     if args.json:
         print(json.dumps(result, indent=2))
         return
     print(f"\n{args.model}, {args.clients} clients, {seconds:g}s: {result['requests']} requests, "
           f"{result['rps']} req/s, p50 {result['p50_ms']} ms, p99 {result['p99_ms']} ms, "
           f"errors {result['errors']} {result['errors_by_kind'] or ''}")  # fmt: skip
-    print("| window | start s | requests | req/s | p50 ms | p99 ms |\n|---|---|---|---|---|---|")
+    print("| window | start s | requests | req/s | p50 ms | p99 ms | other processes' CPU % |")
+    print("|---|---|---|---|---|---|---|")
     for row in result["windows"]:
         print(f"| {row['window']} | {row['start_s']} | {row['requests']} | {row['rps']} | {row['p50_ms']} "
-              f"| {row['p99_ms']} |")  # fmt: skip
+              f"| {row['p99_ms']} | {row['other_processes_cpu_pct']} |")  # fmt: skip
     print("| replica | RSS start MB | RSS end MB | growth % |\n|---|---|---|---|")
     for name, mem in result["replica_memory"].items():
         print(f"| {name} | {mem['start_mb']} | {mem['end_mb']} | {mem['growth_pct']} |")

@@ -24,11 +24,12 @@ from serve_soak import replica_rss, soak, summarise  # noqa: E402
 def test_short_soak_has_no_error_and_reports_every_window_and_replica(served: dict[str, Any]) -> None:
     load = build_load(contexts(64, 256), 1, HEALTHY[0])
     before = replica_rss(served["app"])
-    done, errors = asyncio.run(soak(served["url"], 16, 6.0, load))
-    doc = summarise(done, errors, 6.0, 1.5, before, replica_rss(served["app"]))
+    done, errors, samples = asyncio.run(soak(served["url"], 16, 6.0, load, served["app"], 1.5))
+    doc = summarise(done, errors, 6.0, 1.5, before, replica_rss(served["app"]), samples)
     assert doc["errors"] == 0 and doc["errors_by_kind"] == {}, doc["errors_by_kind"]
     assert [w["window"] for w in doc["windows"]] == [0, 1, 2, 3]
     assert all(w["requests"] > 0 and w["p99_ms"] >= w["p50_ms"] > 0 for w in doc["windows"]), doc["windows"]
+    assert all(0 <= w["other_processes_cpu_pct"] <= 100 for w in doc["windows"]), doc["windows"]
     assert sum(w["requests"] for w in doc["windows"]) == doc["requests"] > 0
     deployments = sorted(name.split("#")[0] for name in doc["replica_memory"])
     assert deployments == ["api", "ensemble", "model-chronos-bolt-fm-tiny", "model-naive", "model-random-walk"]
