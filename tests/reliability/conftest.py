@@ -7,6 +7,7 @@ zoo is built, so the application always carries one member that cannot load.
 
 from __future__ import annotations
 
+import os
 import time
 from collections.abc import Iterator
 from pathlib import Path
@@ -45,8 +46,8 @@ def served(tmp_path_factory: pytest.TempPathFactory) -> Iterator[dict[str, Any]]
     with pytest.MonkeyPatch.context() as env:
         env.setenv("FMTRADE_HOME", str(home))  # replicas inherit the environment Ray starts with
         env.delenv("FMTRADE_API_TOKEN", raising=False)
-        for key, value in fast_path_env().items():
-            env.setenv(key, value)
+        for key, value in fast_path_env().items():  # the settings `fmtrade serve up` runs with
+            env.setenv(key, os.environ.get(key, value))  # a switch set by the caller stays (e.g. no HAProxy)
         settings = load_settings(None, overrides)
         build_zoo(settings, only=[BROKEN], use_shipped=True)  # what `fmtrade models build` does: hashes recorded
         weights = settings.zoo_dir() / BROKEN / "model.safetensors"
