@@ -33,7 +33,7 @@ HTTP is answered as ``fmtrade serve up`` answers it: by HAProxy (``fmtrade.jobs.
 call the ingress replica's own HTTP port (Ray Serve's direct ingress), skipping any proxy.
 
     .venv/bin/python bench/serve_load.py [--model chronos-bolt-fm-tiny] [--clients 1,16,64]
-        [--size tiny|small] [--duration 10] [--max-batch 64] [--series 1]
+        [--size tiny|small|published-small|base] [--duration 10] [--max-batch 64] [--series 1]
         [--python-proxy | --direct-ingress] [--json]
 """
 
@@ -61,7 +61,7 @@ from fmtrade.data.store import Store
 from fmtrade.data.synthetic import SyntheticSpec, synthesize
 from fmtrade.jobs.ray_runtime import HAPROXY_SWITCH
 from fmtrade.models.registry import ModelSpec, active_specs, build_forecaster, is_available, select_specs
-from fmtrade.models.zoo import build_zoo
+from fmtrade.models.zoo import SIZES, build_zoo
 
 HORIZON = 24
 LEVELS = [0.1, 0.5, 0.9]
@@ -293,7 +293,7 @@ def main() -> None:
     parser.add_argument("--duration", type=float, default=10.0)
     parser.add_argument("--max-batch", type=int, default=64)
     parser.add_argument("--batch-wait-s", type=float, default=0.005)
-    parser.add_argument("--size", default="tiny", choices=["tiny", "small"], help="zoo checkpoint size")
+    parser.add_argument("--size", default="tiny", choices=SIZES, help="zoo checkpoint size")
     parser.add_argument("--context", type=int, default=512)
     parser.add_argument("--num-cpus", type=float, default=0.5, help="CPU share of each model replica")
     parser.add_argument(
