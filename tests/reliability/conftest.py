@@ -94,11 +94,7 @@ def _wait_answering(url: str, timeout_s: float = 300.0) -> None:
 def replica_pids() -> dict[str, tuple[int, int]]:
     """The alive Serve replica actors of this Ray: actor id -> (PID, restarts). A replica that
     crashed and was replaced is a new actor or a restarted one; either changes this."""
-    from ray._private import state
+    from fmtrade.jobs.ray_runtime import alive_actors
 
-    actors = state.actors()  # the GCS this driver is connected to (other Rays may run on the machine)
-    return {
-        actor_id: (info["Pid"], info["NumRestarts"])
-        for actor_id, info in actors.items()
-        if info["ActorClassName"].startswith("ServeReplica") and info["State"] == "ALIVE"
-    }
+    # The GCS this driver is connected to (other Rays may run on the machine).
+    return {actor_id: (info["Pid"], info["NumRestarts"]) for actor_id, info in alive_actors("ServeReplica").items()}
