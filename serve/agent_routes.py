@@ -8,11 +8,15 @@ answers fall back to the rules as in the agent. Invalid observations are 422s na
 
 from __future__ import annotations
 
-from fastapi import APIRouter
+from fastapi import APIRouter, Request
+from starlette.concurrency import run_in_threadpool
 
 from fmtrade.agent.reasoners import make_reasoner
 from fmtrade.agent.schemas import DecisionRecord, Observation
 from fmtrade.config import Settings
+from fmtrade.serve.api import FORECAST_ERRORS, json_body, parse_body
+
+DECIDE_ERRORS = {status: FORECAST_ERRORS[status] for status in (413, 422)}
 
 
 def agent_router(settings: Settings) -> APIRouter:
@@ -20,10 +24,13 @@ def agent_router(settings: Settings) -> APIRouter:
     reasoner = make_reasoner(settings)
     router = APIRouter(tags=["agent"])
 
-    @router.post("/v1/agent/decide", response_model=DecisionRecord)
-    def decide(observation: Observation) -> DecisionRecord:
-        """Decide on one observation (a plain function: FastAPI runs it off the event loop, since an
-        LLM reasoner blocks on its endpoint)."""
-        return reasoner.decide(observation)
+    @router.post(
+        "/v1/agent/decide", response_model=DecisionRecord, responses=DECIDE_ERRORS, openapi_extra=json_body(Observation)
+    )
+    async def decide(request: Request) -> DecisionRecord:
+        """Decide on one observation: the raw body parsed like the forecast routes' (any bad body is a
+        422 naming the field), the reasoner run off the event loop (an LLM reasoner blocks on its endpoint)."""
+        observation = parse_body(Observation, await request.body())
+        return await run_in_threadpool(reasoner.decide, observation)
 
     return router

@@ -26,6 +26,7 @@ from pydantic import BaseModel, ValidationError
 from pydantic.json_schema import models_json_schema
 
 from fmtrade import __version__
+from fmtrade.agent.schemas import Observation
 from fmtrade.errors import InputError
 from fmtrade.serve.messages import MembersFailed
 from fmtrade.serve.schemas import (
@@ -40,7 +41,9 @@ from fmtrade.serve.schemas import (
 )
 
 OPEN_PATHS = frozenset({"/healthz", "/readyz"})
-BODY_MODELS = (ForecastRequest, BatchRequest)
+#: Bodies the routes parse themselves (:func:`parse_body`), documented in the OpenAPI components
+#: (the agent's route, mounted by the ingress, parses an Observation the same way).
+BODY_MODELS = (ForecastRequest, BatchRequest, Observation)
 _Body = TypeVar("_Body", bound=BaseModel)
 FORECAST_ERRORS: dict[int | str, dict[str, Any]] = {
     404: {"model": InvalidInput, "description": "No bars stored for a requested symbol"},
@@ -85,7 +88,7 @@ def parse_body(model: type[_Body], body: bytes) -> _Body:
         raise RequestValidationError(errors) from None
 
 
-def _json_body(model: type[BaseModel]) -> dict[str, Any]:
+def json_body(model: type[BaseModel]) -> dict[str, Any]:
     """The OpenAPI request body of a route that parses ``model`` itself (see :func:`parse_body`)."""
     schema = {"$ref": f"#/components/schemas/{model.__name__}"}
     return {"requestBody": {"required": True, "content": {"application/json": {"schema": schema}}}}
@@ -114,7 +117,7 @@ def _forecast_route(
         response_model=response,
         responses=FORECAST_ERRORS,
         tags=["forecast"],
-        openapi_extra=_json_body(body),
+        openapi_extra=json_body(body),
     )
 
 

@@ -44,14 +44,6 @@ def no_undocumented_server_error(ctx: Any, response: Any, case: Any) -> bool | N
 CHECKS = [no_undocumented_server_error, status_code_conformance, content_type_conformance, response_schema_conformance]
 
 
-#: Findings this test reports without failing, each with the change that removes it (owned elsewhere).
-KNOWN_FINDINGS = {
-    ("POST /v1/agent/decide", 400): "a body that is not UTF-8 gets FastAPI's undocumented 400 "
-    "'There was an error parsing the body' instead of the API's 422 json_invalid: the route lets FastAPI parse "
-    "its body; parsing the raw body with fmtrade.serve.api.parse_body, as the forecast routes do, removes it",
-}
-
-
 def pin(case: Any) -> Any:
     """Keep a generated forecast body's numbers but point it at what is served: the served models and
     symbol, three levels, a horizon up to 48, at least two context points. Random contexts (huge, tiny,
@@ -76,7 +68,7 @@ def pin(case: Any) -> Any:
     return case
 
 
-def fuzz(operation: Any, mode: str, url: str, statuses: list[int], known: list[str]) -> None:
+def fuzz(operation: Any, mode: str, url: str, statuses: list[int]) -> None:
     """``CASES_PER_OPERATION`` generated requests of one kind to one operation: ``positive`` (valid by
     the document), ``negative`` (invalid by it) or ``pinned`` (valid, aimed at the served models)."""
     strategy = operation.as_strategy(generation_mode=GenerationMode(mode.replace("pinned", "positive")))
@@ -92,10 +84,6 @@ def fuzz(operation: Any, mode: str, url: str, statuses: list[int], known: list[s
     def run(case: Any) -> None:
         response = case.call(base_url=url, timeout=60)
         statuses.append(response.status_code)
-        finding = KNOWN_FINDINGS.get((operation.label, response.status_code))
-        if finding is not None:
-            known.append(f"{operation.label} {response.status_code}: {finding}")
-            return
         case.validate_response(response, checks=CHECKS)
 
     run()
@@ -108,7 +96,6 @@ def test_api_survives_generated_requests(served: dict[str, Any]) -> None:
     assert {"POST /v1/forecast", "POST /v1/forecast/batch", "POST /v1/agent/decide", "GET /v1/models"} <= labels
     counts: dict[str, Counter[int]] = {}
     failures: dict[str, str] = {}
-    known: list[str] = []
     for operation in operations:
         modes = ["positive"] + (["negative"] if operation.body else [])
         modes += ["pinned"] if operation.path.startswith("/v1/forecast") else []
@@ -116,13 +103,12 @@ def test_api_survives_generated_requests(served: dict[str, Any]) -> None:
             statuses: list[int] = []
             key = f"{operation.label} {mode}"
             try:
-                fuzz(operation, mode, served["url"], statuses, known)
+                fuzz(operation, mode, served["url"], statuses)
             except (Exception, BaseExceptionGroup) as exc:  # noqa: BLE001 - every operation is fuzzed, findings together
                 failures[key] = str(exc)[:2000]
             counts[key] = Counter(statuses)
     print("fuzzed:", json.dumps({k: dict(v) for k, v in counts.items()}))  # the figures docs/RELIABILITY.md quotes
     assert not failures, "\n\n".join(f"{k}:\n{v}" for k, v in failures.items())
-    print("known findings:", sorted(set(known)))
     for route in ("POST /v1/forecast", "POST /v1/forecast/batch"):  # generated numbers reached the models
         assert counts[f"{route} pinned"][200] > 0, counts[f"{route} pinned"]
     assert all(sum(c.values()) > 0 for c in counts.values())
