@@ -8,6 +8,8 @@ answers fall back to the rules as in the agent. Invalid observations are 422s na
 
 from __future__ import annotations
 
+from typing import Any
+
 from fastapi import APIRouter, Request
 from starlette.concurrency import run_in_threadpool
 
@@ -16,7 +18,7 @@ from fmtrade.agent.schemas import DecisionRecord, Observation
 from fmtrade.config import Settings
 from fmtrade.serve.api import FORECAST_ERRORS, json_body, parse_body
 
-DECIDE_ERRORS = {status: FORECAST_ERRORS[status] for status in (413, 422)}
+DECIDE_ERRORS: dict[int | str, dict[str, Any]] = {status: FORECAST_ERRORS[status] for status in (413, 422)}
 
 
 def agent_router(settings: Settings) -> APIRouter:
