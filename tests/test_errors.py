@@ -10,15 +10,18 @@ from collections.abc import Iterator
 import pytest
 import ray
 
+from fmtrade.agent.bybit import AuthError, ClockSkewError, InsufficientBalanceError, QuantityError
 from fmtrade.client import RemoteError
 from fmtrade.cluster.local import ClusterError
 from fmtrade.data.bybit import BybitError, BybitUnavailableError
 from fmtrade.data.importer import BadFileError
+from fmtrade.data.store import CorruptPartition
 from fmtrade.ensemble import EnsembleError
 from fmtrade.errors import ConfigError, DataError, FmtradeError, InputError
 from fmtrade.jobs.ray_runtime import ClusterUnreachable, UnsupportedRay, get, init_ray
 from fmtrade.models.checkpoints import ModelLoadError
 from fmtrade.serve.api import UnknownSeries
+from fmtrade.serve.deployments import ModelUnavailable
 from fmtrade.serve.runner import NotReadyInTime
 from tests.conftest import REPO
 
@@ -38,6 +41,12 @@ EXAMPLES: list[FmtradeError] = [
     UnsupportedRay("fmtrade runs on Ray >=2.50,<2.61, found Ray 2.61.0"),
     NotReadyInTime("the service at http://127.0.0.1:8000 was not ready after 60s: no answer"),
     ClusterError("job server at http://127.0.0.1:8265 not ready after 120 s"),
+    ClockSkewError(10002, "invalid request, please check your server timestamp", "/v5/order/create"),
+    AuthError(10004, "error sign!", "/v5/order/create"),
+    InsufficientBalanceError(110007, "ab not enough for new order", "/v5/order/create"),
+    QuantityError(110017, "orderQty will be truncated to zero", "/v5/order/create", {"qty": "0.0001"}),
+    CorruptPartition("store/linear/BTCUSDT/60/2024-01.parquet", "not a parquet file", "re-sync 2024-01"),
+    ModelUnavailable("chronos-bolt-fm-tiny: model.safetensors is truncated; rebuild it"),
 ]
 
 
