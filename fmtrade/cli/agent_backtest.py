@@ -7,9 +7,12 @@ import typer
 
 from fmtrade.cli.common import (
     ADDRESS_OPTION,
+    BACKTEST_END_OPTION,
     CATEGORY_OPTION,
+    EVENTS_OPTION,
     INTERVAL_OPTION,
     JSON_OPTION,
+    REASONER_OPTION,
     STORE_OPTION,
     SYMBOLS_OPTION,
     emit_json,
@@ -24,10 +27,10 @@ from fmtrade.cli.common import (
 def backtest(
     symbols: str = SYMBOLS_OPTION,
     start: str = typer.Option(..., "--start", help="First decision (date or ISO time, UTC)."),
-    end: str = typer.Option(..., "--end", help="Last simulated day (a date is inclusive) or ISO time (exclusive)."),
+    end: str = BACKTEST_END_OPTION,
     category: str = CATEGORY_OPTION,
     interval: str = INTERVAL_OPTION,
-    reasoner: str = typer.Option(None, "--reasoner", help="rules or llm (default: agent.reasoner)."),
+    reasoner: str = REASONER_OPTION,
     cassette: str = typer.Option(
         None, "--cassette", help="LLM answers: recorded here on the first run, replayed on later runs (llm only)."
     ),
@@ -36,7 +39,7 @@ def backtest(
         None, "--models", help="Forecast members (default: all enabled + random-walk); the ensemble is always built."
     ),
     forecast: bool = typer.Option(True, "--forecast/--no-forecast", help="Observe the walk-forward ensemble."),
-    events: str = typer.Option(None, "--events", help="JSONL event feed (file or URL), honoured by its timestamps."),
+    events: str = EVENTS_OPTION,
     out: str = typer.Option(None, "--out", help="Run directory (default: <runs dir>/agent-backtest-...)."),
     address: str = ADDRESS_OPTION,
     store: str = STORE_OPTION,

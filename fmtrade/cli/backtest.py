@@ -10,6 +10,7 @@ import typer
 
 from fmtrade.cli.common import (
     ADDRESS_OPTION,
+    BACKTEST_END_OPTION,
     CATEGORY_OPTION,
     INTERVAL_OPTION,
     JSON_OPTION,
@@ -29,7 +30,7 @@ def backtest(
         None, "--models", help="Registry names and/or 'ensemble' (default: all enabled + random-walk + ensemble)."
     ),
     start: str = typer.Option(..., "--start", help="First simulated bar (date or ISO time, UTC)."),
-    end: str = typer.Option(..., "--end", help="Last simulated day (a date is inclusive) or ISO time (exclusive)."),
+    end: str = BACKTEST_END_OPTION,
     context: int = typer.Option(None, "--context", help="Bars each forecast sees (default: backtest.context)."),
     horizon: int = typer.Option(None, "--horizon", help="Bars forecast at each rebalance (default: backtest.horizon)."),
     rebalance: int = typer.Option(None, "--rebalance", help="Bars between rebalances (default: backtest.rebalance)."),

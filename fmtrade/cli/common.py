@@ -45,6 +45,13 @@ INTERVAL_OPTION = typer.Option(
 )
 SYMBOLS_OPTION = typer.Option(..., "--symbols", help="Comma-separated symbols, e.g. BTCUSDT,ETHUSDT.")
 SYMBOL_OPTION = typer.Option(..., "--symbol", help="Symbol, e.g. BTCUSDT.")
+BACKTEST_END_OPTION = typer.Option(
+    ..., "--end", help="Last simulated day (a date is inclusive) or ISO time (exclusive)."
+)
+REASONER_OPTION = typer.Option(None, "--reasoner", help="rules or llm (default: agent.reasoner).")
+EVENTS_OPTION = typer.Option(
+    None, "--events", help="JSONL event feed (file or URL): the LLM sees only events published before each decision."
+)
 BASE_URL_OPTION = typer.Option(None, "--base-url", help="Bybit or replay server URL (default data.base_url).")
 MODELS_OPTION = typer.Option(None, "--models", help="Comma-separated registry names (default: all enabled).")
 CONTEXT_OPTION = typer.Option(512, "--context", help="Bars of history each forecast sees.")
