@@ -37,12 +37,15 @@ import logging
 import os
 import socket
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import ray
 from packaging.specifiers import SpecifierSet
 
 from fmtrade.errors import FmtradeError
+
+if TYPE_CHECKING:
+    from ray.serve import Deployment
 
 log = logging.getLogger(__name__)
 
@@ -251,3 +254,12 @@ def start_local_ray(num_cpus: int | None = None) -> None:
     for key, value in fast_path_env().items():
         os.environ.setdefault(key, value)
     init_ray("local", num_cpus=num_cpus)
+
+
+def with_code_version(deployment: Deployment, version: str) -> Deployment:
+    """``deployment`` with a fixed code version. Serve gives each deployment of a ``serve.run`` a
+    random one, so every run restarts every replica; a version that stays the same while only the
+    replica bounds change lets a re-run apply them in place, as Serve's declarative API does for a
+    config whose code is unchanged. Serve removed the public ``version`` option; its internal one
+    remains (Ray 2.50-2.60)."""
+    return deployment.options(version=version, _internal=True)

@@ -13,12 +13,15 @@ per-deployment overrides in a config file can target them too.
 
 from __future__ import annotations
 
+import hashlib
+import json
 import logging
 from typing import Any, cast
 
 from ray.serve import Application, Deployment
 
 from fmtrade.errors import ConfigError
+from fmtrade.jobs.ray_runtime import with_code_version
 from fmtrade.models.registry import active_specs, is_available, select_specs
 from fmtrade.serve.deployments import EnsembleDeployment, ModelDeployment
 from fmtrade.serve.ingress import Ingress
@@ -53,17 +56,51 @@ def cpus_at_start(cfg: AppConfig, models: list[str]) -> float:
     return sum(s.initial_replicas * s.num_cpus for s in scalings)
 
 
-def build_graph(cfg: AppConfig, models: list[str]) -> Application:
-    """The deployment graph serving ``models`` (see :func:`served_models`)."""
+def build_graph(cfg: AppConfig, models: list[str], generation: str | None = None) -> Application:
+    """The deployment graph serving ``models`` (see :func:`served_models`).
+
+    The ensemble and the ingress get each member's ``calls_per_caller`` as their ``user_config``,
+    which Serve applies in place. With a ``generation`` (``fmtrade serve up`` picks one per
+    deployment), every deployment's code version is derived from it and from the document less the
+    replica bounds: re-running the graph with other bounds (``fmtrade serve scale``) then changes
+    them in place, without restarting a replica. Without one, Serve restarts every replica on each run.
+    """
     doc = cfg.to_args()
     # @serve.deployment made Deployments of these classes; Ray's typing still sees the classes.
     model, ensemble, ingress = (cast(Deployment, d) for d in (ModelDeployment, EnsembleDeployment, Ingress))
+
+    def versioned(deployment: Deployment) -> Deployment:
+        if generation is None:
+            return deployment
+        return with_code_version(deployment, code_version(generation, doc))
+
     members = {
-        name: model.options(**cfg.options_for(name).deployment_options(f"model-{name}")).bind(name, doc)
+        name: versioned(model.options(**cfg.options_for(name).deployment_options(f"model-{name}"))).bind(name, doc)
         for name in models
     }
-    ensemble_app = ensemble.options(**cfg.ensemble.deployment_options("ensemble")).bind(members, doc)
-    return ingress.options(**cfg.ingress.deployment_options("api")).bind(ensemble_app, members, doc)
+    calls = {name: cfg.options_for(name).in_flight_per_caller() for name in models}
+    callers = {"user_config": {"calls_per_caller": calls}}
+    ensemble_app = versioned(ensemble.options(**cfg.ensemble.deployment_options("ensemble"), **callers))
+    api = versioned(ingress.options(**cfg.ingress.deployment_options("api"), **callers))
+    return api.bind(ensemble_app.bind(members, doc), members, doc)
+
+
+#: Options that only bound a deployment's replica count: Serve changes them in place.
+REPLICA_BOUNDS = frozenset({"min_replicas", "max_replicas"})
+
+
+def code_version(generation: str, doc: dict[str, Any]) -> str:
+    """A code version that changes with ``generation`` or with anything in ``doc`` but replica bounds."""
+
+    def strip(value: Any) -> Any:
+        """``value`` less replica bounds and empty option sets (an override that only held bounds)."""
+        if not isinstance(value, dict):
+            return value
+        kept = {k: strip(v) for k, v in value.items() if k not in REPLICA_BOUNDS}
+        return {k: v for k, v in kept.items() if v != {}}
+
+    digest = hashlib.sha256(json.dumps(strip(doc), sort_keys=True, default=str).encode()).hexdigest()
+    return f"{generation}-{digest[:16]}"
 
 
 def build_app(args: dict[str, Any] | None = None) -> Application:

@@ -13,7 +13,6 @@ from __future__ import annotations
 import asyncio
 import logging
 import time
-from collections.abc import Awaitable, Callable
 from typing import Any, Protocol, cast
 
 import numpy as np
@@ -213,13 +212,20 @@ class FanOut:
         self.settings = settings
         self.timeout_s = cfg.ensemble.timeout_s
         self.members = tuple(members)
-        self.send = {name: self._sender(handle, cfg.options_for(name)) for name, handle in members.items()}
+        self.senders = {name: self._sender(handle, cfg.options_for(name)) for name, handle in members.items()}
         self.weights = {s.name: s.weight for s in active_specs(self.settings) if s.name in members}
         # Read once per replica: a refreshed state reaches the service when its replicas restart.
         self.state = LiveState.load_if_present(settings.live_state_path())
 
-    def _sender(self, handle: DeploymentHandle, options: ModelOptions) -> Callable[[MemberCall], Awaitable[Outcome]]:
-        return MemberSender(handle, options.max_batch_size, options.in_flight_per_caller(), self.timeout_s).send
+    def _sender(self, handle: DeploymentHandle, options: ModelOptions) -> MemberSender:
+        return MemberSender(handle, options.max_batch_size, options.in_flight_per_caller(), self.timeout_s)
+
+    def set_calls_per_caller(self, calls: dict[str, int]) -> None:
+        """Apply each member's ``calls_per_caller`` (the caller's ``user_config``): ``fmtrade serve
+        scale`` changes a member's replica bounds in place, and its callers follow without a restart."""
+        for name, limit in calls.items():
+            if name in self.senders:
+                self.senders[name].max_in_flight = int(limit)
 
     async def forecast(self, request: EnsembleRequest) -> ServedResult:
         names = request.models or tuple(self.members)
@@ -255,7 +261,7 @@ class FanOut:
         try:
             # The sender applies the time budget to the model call and cancels it; this bound
             # also covers the moment the request waits in the sender's queue.
-            outcome = await asyncio.wait_for(self.send[name](call), self.timeout_s)
+            outcome = await asyncio.wait_for(self.senders[name].send(call), self.timeout_s)
         except TimeoutError:
             outcome = f"timed out after {self.timeout_s:g}s"
         return name, outcome, (time.perf_counter() - start) * 1000.0
@@ -268,6 +274,9 @@ class EnsembleDeployment:
     def __init__(self, members: dict[str, DeploymentHandle], app_args: dict[str, Any]) -> None:
         cfg = AppConfig.parse(app_args)
         self.fan_out = FanOut(rebind_all(members), cfg, cfg.load_settings())
+
+    def reconfigure(self, user_config: dict[str, Any]) -> None:
+        self.fan_out.set_calls_per_caller(user_config.get("calls_per_caller", {}))
 
     async def forecast(self, request: EnsembleRequest) -> ServedResult:
         return await self.fan_out.forecast(request)

@@ -51,6 +51,9 @@ class Ingress:
         self._info: dict[str, dict[str, Any]] = {}  # static model facts, fetched once
         self.direct = FanOut(self.members, cfg, self.settings)  # one-model requests
 
+    def reconfigure(self, user_config: dict[str, Any]) -> None:
+        self.direct.set_calls_per_caller(user_config.get("calls_per_caller", {}))
+
     def __serve_build_asgi_app__(self) -> FastAPI:
         api = create_api(self, self._token, self._max_body)
         api.include_router(agent_router(self.settings))

@@ -21,6 +21,7 @@ import json
 import logging
 import math
 import os
+import secrets
 import signal
 import subprocess
 import sys
@@ -36,7 +37,7 @@ from ray import serve as ray_serve
 from ray.serve import Application
 
 from fmtrade.config import Settings
-from fmtrade.errors import ConfigError, FmtradeError
+from fmtrade.errors import ConfigError, FmtradeError, InputError
 from fmtrade.io import write_json_atomic
 from fmtrade.jobs.ray_runtime import ClusterUnreachable, init_ray, ray_cpu_count, start_local_ray
 from fmtrade.serve.app import build_graph, cpus_at_start, served_models
@@ -261,13 +262,12 @@ def up(
         return {**state, "ready": readiness}
     apps = []
     needed = 0.0
+    generation = secrets.token_hex(4)  # new code versions: this deployment restarts every replica
     for entry in doc["applications"]:
-        args = dict(entry.get("args") or {})
-        if fmtrade_config:
-            args.setdefault("config", fmtrade_config)
-        cfg = AppConfig.parse(args)
+        cfg = _app_config(entry, fmtrade_config)
         models = served_models(cfg)
-        apps.append((entry.get("name", "default"), entry.get("route_prefix", "/"), build_graph(cfg, models)))
+        graph = build_graph(cfg, models, generation)
+        apps.append((entry.get("name", "default"), entry.get("route_prefix", "/"), graph))
         needed += cpus_at_start(cfg, models)
     if not on_cluster:
         start_local_ray(num_cpus=embedded_cpus(needed))
@@ -283,10 +283,96 @@ def up(
             f"`fmtrade serve status --address {where}` follows them, `fmtrade serve down --address {where}` "
             "removes them)"
         ) from None
-    state = {"url": url, "config": str(file), "applications": names, "pid": None}
+    state = {"url": url, "config": str(file), "applications": names, "pid": None, "generation": generation,
+             "fmtrade_config": fmtrade_config, "scaling": {}}  # fmt: skip
     if on_cluster:
         write_json_atomic(state_path(settings), state)
     return {**state, "on_cluster": on_cluster, "ready": readiness}
+
+
+def _app_config(entry: dict[str, Any], fmtrade_config: str | None, scaling: dict[str, Any] | None = None) -> AppConfig:
+    """The application config of one ``applications`` entry, with the replica bounds ``scale`` set."""
+    args = dict(entry.get("args") or {})
+    if fmtrade_config:
+        args.setdefault("config", fmtrade_config)
+    if scaling:
+        overrides = dict(args.get("model_options") or {})
+        for model, bounds in scaling.items():
+            overrides[model] = {**overrides.get(model, {}), **bounds}
+        args["model_options"] = overrides
+    return AppConfig.parse(args)
+
+
+def scale(
+    settings: Settings,
+    model: str,
+    min_replicas: int | None = None,
+    max_replicas: int | None = None,
+    address: str | None = None,
+    timeout_s: float = 300.0,
+) -> dict[str, Any]:
+    """Set ``model``'s replica bounds on the application ``up`` deployed to a cluster, in place.
+
+    The application's graph is re-run with the same code versions (:func:`build_graph`'s
+    ``generation``), so Serve only changes the bounds of ``model-<model>`` and the callers'
+    ``calls_per_caller``: no replica restarts, the other members answer throughout. Returns once
+    the member's running replicas are within the bounds.
+    """
+    state = _saved_state(settings)
+    if not state.get("generation") or state.get("pid"):
+        raise FmtradeError(
+            "no application deployed to a cluster by `fmtrade serve up --address ...` is recorded here "
+            f"({state_path(settings)}); scale works on those"
+        )
+    _, doc = read_config(state["config"], settings)
+    scaling: dict[str, dict[str, dict[str, int]]] = state.get("scaling") or {}
+    for entry in doc["applications"]:
+        name = entry.get("name", "default")
+        if name not in state["applications"]:
+            continue
+        cfg = _app_config(entry, state.get("fmtrade_config"), scaling.get(name))
+        models = served_models(cfg)
+        if model in models:
+            break
+    else:
+        raise InputError("model", f"{model} is not served by {', '.join(state['applications'])}")
+    current = cfg.options_for(model)
+    bounds = {
+        "min_replicas": current.min_replicas if min_replicas is None else min_replicas,
+        "max_replicas": current.max_replicas if max_replicas is None else max_replicas,
+    }
+    if bounds["min_replicas"] > bounds["max_replicas"]:
+        field = "min" if min_replicas is not None else "max"
+        raise InputError(field, f"min {bounds['min_replicas']} exceeds max {bounds['max_replicas']}")
+    wanted = {**scaling.get(name, {}), model: bounds}
+    cfg = _app_config(entry, state.get("fmtrade_config"), wanted)
+    if not _connect(address):
+        raise FmtradeError("no Ray cluster is running here; --address names the one `serve up` deployed to")
+    try:
+        target = ray_serve.RunTarget(build_graph(cfg, models, state["generation"]), name=name,
+                                     route_prefix=entry.get("route_prefix", "/"))  # fmt: skip
+        ray_serve.run_many([target], wait_for_ingress_deployment_creation=False, wait_for_applications_running=False)
+        write_json_atomic(state_path(settings), {**state, "scaling": {**scaling, name: wanted}})
+        replicas = _wait_replicas(name, f"model-{model}", bounds["min_replicas"], bounds["max_replicas"], timeout_s)
+    finally:
+        ray.shutdown()
+    return {"application": name, "deployment": f"model-{model}", **bounds, "running": replicas}
+
+
+def _wait_replicas(app: str, deployment: str, low: int, high: int, timeout_s: float) -> int:
+    """Wait until ``deployment`` runs between ``low`` and ``high`` replicas, none starting or stopping."""
+    deadline = time.monotonic() + timeout_s
+    while True:
+        states = dict(ray_serve.status().applications[app].deployments[deployment].replica_states)
+        running = int(states.pop("RUNNING", 0))
+        if low <= running <= high and not any(states.values()):
+            return running
+        if time.monotonic() > deadline:
+            raise FmtradeError(
+                f"{deployment} runs {running} replicas ({states or 'none starting'}) {timeout_s:g} s after scaling "
+                f"to {low}-{high}; Serve goes on trying (`fmtrade serve status` follows it)"
+            )
+        time.sleep(1)
 
 
 def _interrupt(signum: int, frame: Any) -> None:

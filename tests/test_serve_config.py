@@ -20,7 +20,7 @@ from fmtrade.errors import ConfigError
 from fmtrade.jobs.ray_runtime import FAST_PATH_ENV, HAPROXY_SWITCH, ray_cpu_count
 from fmtrade.models.registry import active_specs, build_forecaster
 from fmtrade.serve.api import field_loc
-from fmtrade.serve.app import cpus_at_start, served_models
+from fmtrade.serve.app import code_version, cpus_at_start, served_models
 from fmtrade.serve.options import AppConfig
 from fmtrade.serve.runner import PACKAGED_CONFIG, embedded_cpus, read_config
 
@@ -181,3 +181,15 @@ def test_haproxy_ingress_is_on_where_ray_finds_its_binary_and_off_with_a_warning
     _, stderr = _local_env_in_subprocess(RAY_SERVE_HAPROXY_BINARY_PATH="/nonexistent/haproxy",
                                               RAY_SERVE_ENABLE_HA_PROXY="0")  # fmt: skip
     assert "no HAProxy binary" not in stderr  # the caller's own setting stands, no lookup
+
+
+def test_code_version_ignores_only_replica_bounds() -> None:
+    """``serve scale`` re-runs the graph: the same code versions (nothing restarts) unless something
+    beyond the replica bounds changed, or ``up`` started a new generation."""
+    base = AppConfig.parse({"models": ["naive"]}).to_args()
+    scaled = AppConfig.parse({"models": ["naive"], "model_options": {"naive": {"min_replicas": 2, "max_replicas": 4}},
+                              "ensemble": {"max_replicas": 3}}).to_args()  # fmt: skip
+    batched = AppConfig.parse({"models": ["naive"], "model_options": {"naive": {"max_batch_size": 8}}}).to_args()
+    assert code_version("g1", base) == code_version("g1", scaled)
+    assert code_version("g1", base) != code_version("g1", batched)
+    assert code_version("g1", base) != code_version("g2", base)

@@ -1,4 +1,4 @@
-"""``fmtrade serve up|status|down``: run the Ray Serve forecast service (see :mod:`fmtrade.serve.runner`)."""
+"""``fmtrade serve up|status|scale|down``: run the Ray Serve forecast service (see :mod:`fmtrade.serve.runner`)."""
 
 from __future__ import annotations
 
@@ -111,6 +111,37 @@ def status(address: str = ADDRESS_OPTION, json_out: bool = JSON_OPTION) -> None:
         for dep, info in application["deployments"].items():
             replicas = ", ".join(f"{k.lower()} {v}" for k, v in info["replicas"].items()) or "no replicas"
             typer.echo(f"  {dep}: {info['status']} ({replicas})")
+
+
+@app.command("scale")
+def scale(
+    model: str = typer.Argument(..., help="A served model (its deployment is model-<MODEL>)."),
+    min_replicas: int = typer.Option(None, "--min", min=0, help="Fewest replicas the autoscaler keeps."),
+    max_replicas: int = typer.Option(None, "--max", min=1, help="Most replicas the autoscaler may start."),
+    replicas: int = typer.Option(None, "--replicas", min=1, help="A fixed count (--min and --max both N)."),
+    address: str = ADDRESS_OPTION,
+    timeout: float = typer.Option(
+        300.0, "--timeout", min=1, help="Seconds to wait until the replicas running are within the bounds."
+    ),
+    json_out: bool = JSON_OPTION,
+) -> None:
+    """Change one model's replica bounds on the running application, in place: no replica restarts
+    and the other models keep answering (the application `serve up --address` deployed)."""
+    from fmtrade.serve import runner
+
+    if replicas is not None and (min_replicas is not None or max_replicas is not None):
+        fail("replicas: give --replicas alone, or --min/--max")
+    if replicas is None and min_replicas is None and max_replicas is None:
+        fail("replicas: give --replicas N, or --min and/or --max")
+    low, high = (replicas, replicas) if replicas is not None else (min_replicas, max_replicas)
+    result = runner.scale(settings(), model, low, high, address, timeout_s=timeout)
+    if json_out:
+        emit_json(result)
+    else:
+        typer.echo(
+            f"fmtrade serve: {result['deployment']} scales {result['min_replicas']}-{result['max_replicas']} "
+            f"replicas ({result['running']} running)"
+        )
 
 
 @app.command("down")
