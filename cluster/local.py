@@ -77,6 +77,10 @@ def _node_ports() -> list[str]:
     ]
 
 
+def _count(cpus: float) -> str:
+    return str(int(cpus)) if float(cpus).is_integer() else str(cpus)
+
+
 def _run(args: list[str], timeout_s: float = 180) -> str:
     try:
         done = subprocess.run(
@@ -101,6 +105,8 @@ class LocalCluster:
     #: Where the dashboard and job server listen: loopback unless told otherwise (a job server
     #: runs whatever it is sent; token authentication stays on either way).
     dashboard_host: str = "127.0.0.1"
+    #: CPUs the head offers to tasks (default ``cpus_per_node``); 0 keeps every task on the workers.
+    head_cpus: float | None = None
 
     @property
     def address(self) -> str:
@@ -116,7 +122,7 @@ class LocalCluster:
     def up(self, timeout_s: float = 180) -> None:
         """Start the head and the workers, then wait until the job server answers."""
         _run(["get-auth-token", "--generate"])
-        cpus = str(int(self.cpus_per_node)) if float(self.cpus_per_node).is_integer() else str(self.cpus_per_node)
+        cpus = _count(self.cpus_per_node)
         _run(
             [
                 "start",
@@ -126,7 +132,7 @@ class LocalCluster:
                 "--port",
                 str(self.gcs_port),
                 "--num-cpus",
-                cpus,
+                cpus if self.head_cpus is None else _count(self.head_cpus),
                 "--include-dashboard",
                 "true",
                 "--dashboard-host",
