@@ -1,5 +1,6 @@
 """`fmtrade demo` end to end, as `make demo` runs it: the shipped real sample (two of its symbols, to keep it
-short) and the shipped zoo; the synthetic market runs in tests/test_packaging.py."""
+short) and the shipped zoo; the synthetic market runs in tests/test_packaging.py. It runs with fake
+secrets in its environment, and nothing it writes or prints may contain one."""
 
 from __future__ import annotations
 
@@ -11,11 +12,21 @@ from pathlib import Path
 import pytest
 
 from fmtrade.models.shipped import shipped_checkpoint
+from tests.secrets_scan import SECRETS, leaks
+
+RAY_SESSIONS = Path("/tmp/ray")  # where the embedded Ray keeps its session (logs)
 
 pytestmark = pytest.mark.slow
 
 
-def test_demo_runs_data_models_backtest_and_serve(isolated_home: Path, tmp_path: Path) -> None:
+def test_demo_runs_data_models_backtest_and_serve(
+    isolated_home: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    for name, value in SECRETS.items():
+        monkeypatch.setenv(name, value)
+    # One token, so the demo's client (FMTRADE_API_TOKEN) and its service agree.
+    monkeypatch.setenv("FMTRADE_SERVE__API_TOKEN", SECRETS["FMTRADE_API_TOKEN"])
+    sessions = set(RAY_SESSIONS.glob("session_*"))
     done = subprocess.run(
         [sys.executable, "-m", "fmtrade", "demo", "--symbols", "BTCUSDT,XRPUSDT", "--backtest-days", "4", "--json"],
         capture_output=True, text=True, timeout=900,
@@ -57,3 +68,7 @@ def test_demo_runs_data_models_backtest_and_serve(isolated_home: Path, tmp_path:
     decisions = {d["symbol"]: d for d in report["agent"]["decisions"]}
     assert list(decisions) == symbols  # one agent cycle: a decision per symbol, each with its reasons
     assert all(d["action"] in ("long", "short", "hold") and d["reasoning"] for d in decisions.values())
+
+    new_sessions = [p for p in RAY_SESSIONS.glob("session_*") if p not in sessions and not p.is_symlink()]
+    assert new_sessions  # the embedded Ray's logs are scanned too
+    assert leaks([isolated_home, *new_sessions], {"stdout": done.stdout, "stderr": done.stderr}) == []

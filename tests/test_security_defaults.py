@@ -9,7 +9,6 @@ import subprocess
 import sys
 import threading
 import time
-import uuid
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -24,6 +23,7 @@ from fmtrade.cluster.dashboard import local_token
 from fmtrade.cluster.local import LocalCluster, ray_env
 from fmtrade.serve.api import Guard
 from tests.conftest import REPO, free_port
+from tests.secrets_scan import SECRETS, leaks
 
 TOKEN = "s3cr3t-api-token-0123456789"
 
@@ -150,15 +150,6 @@ ray.shutdown()
     assert result == {"mode": "token", "hosts": ["127.0.0.1"], "bare": 401}
 
 
-SECRETS = {
-    "FMTRADE_API_TOKEN": f"fake-api-token-{uuid.uuid4().hex}",
-    "FMTRADE_SERVE__API_TOKEN": f"fake-serve-token-{uuid.uuid4().hex}",
-    "FMTRADE_AGENT__API_KEY": f"fake-bybit-key-{uuid.uuid4().hex}",
-    "FMTRADE_AGENT__API_SECRET": f"fake-bybit-secret-{uuid.uuid4().hex}",
-    "AWS_SECRET_ACCESS_KEY": f"fake-aws-secret-{uuid.uuid4().hex}",
-}
-
-
 def _session_dir(cluster: LocalCluster) -> Path:
     """The cluster's Ray session directory (its logs, job driver logs), from its GCS command line."""
     for proc in cluster.processes():
@@ -166,21 +157,6 @@ def _session_dir(cluster: LocalCluster) -> Path:
             if arg.startswith("--log_dir="):
                 return Path(arg.split("=", 1)[1]).parent
     raise AssertionError("no session directory found")
-
-
-def _leaks(roots: list[Path], texts: dict[str, str]) -> list[str]:
-    found = []
-    for root in roots:
-        for path in [root] if root.is_file() else root.rglob("*"):
-            if path.is_file() and not path.is_symlink():
-                try:
-                    data = path.read_bytes()
-                except OSError:
-                    continue
-                found += [f"{path}: {name}" for name, value in SECRETS.items() if value.encode() in data]
-    for label, text in texts.items():
-        found += [f"{label}: {name}" for name, value in SECRETS.items() if value in text]
-    return found
 
 
 @pytest.mark.slow
@@ -227,7 +203,7 @@ def test_no_secret_in_anything_a_cluster_submission_writes(
         texts["job metadata"] = metadata.text
         session = _session_dir(cluster)
         assert any("SYNAUSDT" in p.read_text() for p in (session / "logs").glob("job-driver-secrets-1*.log"))
-        leaks = _leaks([isolated_home, out, session], texts)
+        found = leaks([isolated_home, out, session], texts)
     finally:
         cluster.down()
-    assert leaks == []
+    assert found == []
