@@ -18,15 +18,19 @@ from typing import IO, Any
 import fsspec
 import pyarrow as pa
 import pyarrow.parquet as pq
+from upath import UPath
+
+#: A local path, or an object-store URI / path object (``s3://bucket/key``).
+Target = str | os.PathLike[str] | UPath
 
 
-def is_remote(uri: str | os.PathLike[str]) -> bool:
+def is_remote(uri: Target) -> bool:
     """True for fsspec URIs with a non-local protocol (s3://, gs://, memory://...)."""
     text = str(uri)
     return "://" in text and not text.startswith("file://")
 
 
-def atomic_write(path: str | os.PathLike[str], writer: Callable[[IO[bytes]], Any]) -> None:
+def atomic_write(path: Target, writer: Callable[[IO[bytes]], Any]) -> None:
     """Call ``writer`` with a binary file object and publish the result atomically at ``path``."""
     text = str(path)
     if is_remote(text):
@@ -47,20 +51,40 @@ def atomic_write(path: str | os.PathLike[str], writer: Callable[[IO[bytes]], Any
         raise
 
 
-def write_bytes_atomic(path: str | os.PathLike[str], data: bytes) -> None:
+def write_bytes_atomic(path: Target, data: bytes) -> None:
     atomic_write(path, lambda handle: handle.write(data))
 
 
-def write_text_atomic(path: str | os.PathLike[str], text: str) -> None:
+def write_text_atomic(path: Target, text: str) -> None:
     write_bytes_atomic(path, text.encode("utf-8"))
 
 
-def write_json_atomic(path: str | os.PathLike[str], obj: Any, indent: int = 2) -> None:
+def write_json_atomic(path: Target, obj: Any, indent: int = 2) -> None:
     write_text_atomic(path, json.dumps(obj, indent=indent, default=str) + "\n")
 
 
-def write_parquet_atomic(path: str | os.PathLike[str], table: pa.Table) -> None:
+def write_parquet_atomic(path: Target, table: pa.Table) -> None:
     atomic_write(path, lambda handle: pq.write_table(table, handle))
+
+
+def upload_dir(local: Path, uri: str, last: str) -> str:
+    """Copy the directory ``local`` to ``uri`` on an object store, replacing what was there, with the
+    file named ``last`` uploaded after every other: an object store publishes each object whole but
+    not a set of them, so a reader that finds ``last`` finds the rest complete. Returns ``uri``."""
+    fs, root = fsspec.core.url_to_fs(uri)
+    if fs.exists(root):
+        fs.rm(root, recursive=True)
+    files = sorted((p for p in local.rglob("*") if p.is_file()), key=lambda p: (p.name == last, str(p)))
+    for path in files:
+        fs.put_file(str(path), f"{root}/{path.relative_to(local).as_posix()}")
+    return uri
+
+
+def join_uri(base: str, *parts: str) -> str:
+    """``base`` joined with ``parts``: a URI (``s3://...``) with ``/``, a local path as a path."""
+    if is_remote(base):
+        return "/".join([base.rstrip("/"), *parts])
+    return str(Path(base).expanduser().joinpath(*parts))
 
 
 def write_dir_atomic(path: str | os.PathLike[str], writer: Callable[[Path], Any]) -> Path:

@@ -16,6 +16,7 @@ from pathlib import Path
 from typing import Any
 
 import ray
+from upath import UPath
 
 from fmtrade.agent.backtest import (
     AgentAsset,
@@ -159,6 +160,6 @@ def default_out(settings: Settings, config: BacktestConfig) -> Path:
 
 def run_and_write(
     job: AgentJob, out: str | Path | None = None, address: str | None = None
-) -> tuple[AgentBacktestRun, Path]:
+) -> tuple[AgentBacktestRun, UPath]:
     result = execute(job, address)
     return result, write_agent_run(result, out or default_out(job.settings, job.config))

@@ -23,6 +23,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING, cast
 
 import ray
+from upath import UPath
 
 from fmtrade.backtest.config import BacktestConfig
 from fmtrade.backtest.engine import (
@@ -267,7 +268,7 @@ class _LogProgress:
             self.next = (self.done / self.total // 0.1 + 1) * 0.1
 
 
-def run_and_write(job: Job, out: str | Path | None = None, address: str | None = None) -> tuple[BacktestRun, Path]:
+def run_and_write(job: Job, out: str | Path | None = None, address: str | None = None) -> tuple[BacktestRun, UPath]:
     """Execute ``job`` with a progress bar over windows on stderr and write the run directory."""
     from rich.console import Console
     from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeRemainingColumn

@@ -25,6 +25,7 @@ from fmtrade.errors import FmtradeError, InputError
 from fmtrade.forecasting import MemberCalls
 from fmtrade.live_state import LiveState, apply_live_state
 from fmtrade.models.base import Forecast, Forecaster
+from fmtrade.models.checkpoints import ADAPTER_CONFIG
 from fmtrade.models.registry import ModelSpec, active_specs, build_forecaster, select_specs
 from fmtrade.models.zoo import adapter_dir
 from fmtrade.serve.handles import rebind_all
@@ -44,7 +45,7 @@ log = logging.getLogger("fmtrade.serve")
 
 
 def has_adapter(settings: Settings, model: str, adapter: str) -> bool:
-    return (adapter_dir(settings, model, adapter) / "adapter_config.json").is_file()
+    return (adapter_dir(settings, model, adapter) / ADAPTER_CONFIG).is_file()
 
 
 def model_spec(settings: Settings, name: str) -> ModelSpec:

@@ -38,7 +38,9 @@ from fmtrade.data.store import Store
 from fmtrade.errors import InputError
 from fmtrade.evaluation import EvalParams, evaluate_symbol
 from fmtrade.forecasting import RANDOM_WALK
+from fmtrade.io import is_remote, join_uri, upload_dir
 from fmtrade.jobs.ray_runtime import init_ray
+from fmtrade.models.checkpoints import ADAPTER_CONFIG
 from fmtrade.models.registry import active_specs, adapter_class, build_forecaster, resolve_checkpoint, select_specs
 from fmtrade.models.zoo import adapters_root, publish_dir
 from fmtrade.train.datasets import WindowSpec, window_datasets
@@ -66,7 +68,7 @@ class FinetuneParams:
     use_gpu: bool = False
     val_start: pd.Timestamp | None = None
     max_train_bars: int | None = None
-    adapters_root: Path | None = None  # default <zoo>/adapters
+    adapters_root: str | None = None  # a path or URI (s3://...); default <zoo>/adapters
     storage: str | None = None  # default settings.train_storage()
     store: str | None = None
     horizon: int = 24
@@ -114,42 +116,48 @@ def finetune(settings: Settings, params: FinetuneParams) -> dict[str, Any]:
     if params.horizon > geometry.horizon:
         raise InputError("horizon", f"{params.horizon} exceeds the {spec.family} training horizon {geometry.horizon}")
     init_ray(settings.cluster.address, settings.cluster.num_cpus)
-    root = params.adapters_root or adapters_root(settings)
-    groups = {POOLED: list(params.symbols)} if params.mode == POOLED else {s: [s] for s in params.symbols}
-    adapters: dict[str, str] = {}
-    runs: list[dict[str, Any]] = []
-    tuning: dict[str, dict[str, Any]] = {}
-    for name, symbols in groups.items():
-        spec_windows = WindowSpec(
-            geometry, store_root=store.root, interval=params.interval, category=params.category,
-            val_start=val_start, max_train_bars=params.max_train_bars,
-        )  # fmt: skip
-        sources = [{"kind": "store", "seed": 0, "symbol": s} for s in symbols]
-        train, val = window_datasets(sources, spec_windows)
-        cfg = LoopConfig(
-            family=spec.family, checkpoint=checkpoint, epochs=params.epochs, steps=params.max_steps,
-            batch_size=params.batch_size, lr=params.lr, lora=params.lora, eval_horizon=params.horizon,
-            patience=params.patience, seed=params.seed, fail_at_step=params.fail_at_step,
-            fail_marker=params.fail_marker,
-        )  # fmt: skip
-        run_args: dict[str, Any] = {
-            "workers": params.workers, "use_gpu": params.use_gpu,
-            "storage": params.storage or settings.train_storage(), "max_failures": params.max_failures,
-        }  # fmt: skip
-        if params.tune is None:
-            result = fit(f"finetune-{params.base}-{name}", cfg, train, val, **run_args)
-            trained, metrics = final_checkpoint(result), summary(result)
-        else:
-            swept = sweep(f"finetune-{params.base}-{name}", cfg, train, val, params.tune, **run_args)
-            trained, metrics = swept.checkpoint, swept.metrics
-            tuning[name] = {"best": swept.config, "trials": swept.trials}
-        target = root / params.base / name
-        target.parent.mkdir(parents=True, exist_ok=True)
-        with tempfile.TemporaryDirectory(prefix=f".{name}.", dir=target.parent) as scratch:
-            publish_dir(publish_model(trained, Path(scratch) / name), target)
-        adapters[name] = str(target)
-        runs.append({"adapter": name, "train_windows": train.count(), **{k: metrics.get(k) for k in _RUN_KEYS}})
-    table = _table(settings, spec, closes, adapters, params, val_start)
+    root = str(params.adapters_root or adapters_root(settings))
+    # An object-store root: published and evaluated in a scratch directory, then uploaded.
+    with tempfile.TemporaryDirectory(prefix="fmtrade-adapters-") as scratch_root:
+        local_root = Path(scratch_root) if is_remote(root) else Path(root).expanduser()
+        groups = {POOLED: list(params.symbols)} if params.mode == POOLED else {s: [s] for s in params.symbols}
+        adapters: dict[str, str] = {}
+        runs: list[dict[str, Any]] = []
+        tuning: dict[str, dict[str, Any]] = {}
+        for name, symbols in groups.items():
+            spec_windows = WindowSpec(
+                geometry, store_root=store.root, interval=params.interval, category=params.category,
+                val_start=val_start, max_train_bars=params.max_train_bars,
+            )  # fmt: skip
+            sources = [{"kind": "store", "seed": 0, "symbol": s} for s in symbols]
+            train, val = window_datasets(sources, spec_windows)
+            cfg = LoopConfig(
+                family=spec.family, checkpoint=checkpoint, epochs=params.epochs, steps=params.max_steps,
+                batch_size=params.batch_size, lr=params.lr, lora=params.lora, eval_horizon=params.horizon,
+                patience=params.patience, seed=params.seed, fail_at_step=params.fail_at_step,
+                fail_marker=params.fail_marker,
+            )  # fmt: skip
+            run_args: dict[str, Any] = {
+                "workers": params.workers, "use_gpu": params.use_gpu,
+                "storage": params.storage or settings.train_storage(), "max_failures": params.max_failures,
+            }  # fmt: skip
+            if params.tune is None:
+                result = fit(f"finetune-{params.base}-{name}", cfg, train, val, **run_args)
+                trained, metrics = final_checkpoint(result), summary(result)
+            else:
+                swept = sweep(f"finetune-{params.base}-{name}", cfg, train, val, params.tune, **run_args)
+                trained, metrics = swept.checkpoint, swept.metrics
+                tuning[name] = {"best": swept.config, "trials": swept.trials}
+            target = local_root / params.base / name
+            target.parent.mkdir(parents=True, exist_ok=True)
+            with tempfile.TemporaryDirectory(prefix=f".{name}.", dir=target.parent) as scratch:
+                publish_dir(publish_model(trained, Path(scratch) / name), target)
+            adapters[name] = str(target)
+            runs.append({"adapter": name, "train_windows": train.count(), **{k: metrics.get(k) for k in _RUN_KEYS}})
+        table = _table(settings, spec, closes, adapters, params, val_start)
+        if is_remote(root):
+            adapters = {name: upload_dir(Path(path), join_uri(root, params.base, name), last=ADAPTER_CONFIG)
+                        for name, path in adapters.items()}  # fmt: skip
     extra = {"tune": {"metric": "best_val_wql", "adapters": tuning}} if params.tune is not None else {}
     return {
         "base": params.base, "mode": params.mode, "val_start": val_start.isoformat(), "adapters": adapters,

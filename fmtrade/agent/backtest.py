@@ -25,6 +25,7 @@ from typing import Any
 import numpy as np
 import pandas as pd
 import pyarrow as pa
+from upath import UPath
 
 from fmtrade.agent.cassette import Cassette
 from fmtrade.agent.events import EventFeed
@@ -339,15 +340,15 @@ def decisions_html(decisions: Sequence[dict[str, Any]]) -> str:
     return f"<h2>Agent decisions and their reasons</h2><table>{head}{rows}</table>"
 
 
-def write_agent_run(result: AgentBacktestRun, out: str | Path) -> Path:
+def write_agent_run(result: AgentBacktestRun, out: str | Path) -> UPath:
     """The backtest's run directory (summary.json, positions, trades, report.html...) plus the agent's
     decisions (decisions.jsonl, decisions.parquet), agent.json, and the decisions in the report."""
-    out = write_run(result.run, out)
+    directory = write_run(result.run, out)
     rows = clean(result.decisions)
-    write_text_atomic(out / "decisions.jsonl", "".join(json.dumps(r, sort_keys=True) + "\n" for r in rows))
-    write_parquet_atomic(out / "decisions.parquet", pa.Table.from_pylist(rows) if rows else pa.table({}))
-    write_text_atomic(out / "agent.json", json.dumps(clean(result.settings), indent=2, sort_keys=True) + "\n")
-    images = {p.name: p.read_bytes() for p in sorted((out / "plots").glob("*.png"))}
+    write_text_atomic(directory / "decisions.jsonl", "".join(json.dumps(r, sort_keys=True) + "\n" for r in rows))
+    write_parquet_atomic(directory / "decisions.parquet", pa.Table.from_pylist(rows) if rows else pa.table({}))
+    write_text_atomic(directory / "agent.json", json.dumps(clean(result.settings), indent=2, sort_keys=True) + "\n")
+    images = {p.name: p.read_bytes() for p in sorted((directory / "plots").glob("*.png"))}
     page = render_html(result.run, images).replace("</body>", decisions_html(result.decisions) + "</body>")
-    write_text_atomic(out / "report.html", page)
-    return out
+    write_text_atomic(directory / "report.html", page)
+    return directory

@@ -105,7 +105,7 @@ def finetune(
     patience: int = typer.Option(2, "--patience", help="Epochs without better validation WQL before stopping."),
     lr: float = typer.Option(1e-3, "--lr", help="AdamW learning rate."),
     batch_size: int = typer.Option(32, "--batch-size", help="Windows per worker per step."),
-    out: Path = typer.Option(None, "--out", help="Adapters root (default: <zoo>/adapters)."),
+    out: str = typer.Option(None, "--out", help="Adapters root, a path or URI (s3://...; default: <zoo>/adapters)."),
     storage: str = typer.Option(None, "--storage", help="Ray Train storage (path or s3://); default train storage."),
     tune: bool = typer.Option(False, "--tune", help="Ray Tune grid over --tune-lrs x --tune-ranks per adapter."),
     tune_lrs: str = typer.Option("3e-4,1e-3,3e-3", "--tune-lrs", help="Learning rates the --tune grid tries."),

@@ -28,6 +28,8 @@ if TYPE_CHECKING:  # torch is imported by the model adapters, not by registry li
 
 T = TypeVar("T")
 WEIGHT_SUFFIXES = (".safetensors", ".bin", ".pt", ".pth")
+#: The file that makes a directory a peft adapter (published last: see fmtrade.io.upload_dir).
+ADAPTER_CONFIG = "adapter_config.json"
 
 
 class ModelLoadError(FmtradeError):
@@ -145,6 +147,6 @@ def apply_lora_adapter(module: torch.nn.Module, adapter: str, device: str) -> to
     from peft import PeftModel
 
     path = Path(adapter).expanduser()
-    if not (path / "adapter_config.json").is_file():
-        raise InputError("adapter", f"{path} is not a peft adapter directory (no adapter_config.json)")
+    if not (path / ADAPTER_CONFIG).is_file():
+        raise InputError("adapter", f"{path} is not a peft adapter directory (no {ADAPTER_CONFIG})")
     return PeftModel.from_pretrained(module, str(path), torch_device=device).merge_and_unload()
