@@ -79,9 +79,9 @@ def build_graph(cfg: AppConfig, models: list[str], generation: str | None = None
         for name in models
     }
     calls = {name: cfg.options_for(name).in_flight_per_caller() for name in models}
-    callers = {"user_config": {"calls_per_caller": calls}}
-    ensemble_app = versioned(ensemble.options(**cfg.ensemble.deployment_options("ensemble"), **callers))
-    api = versioned(ingress.options(**cfg.ingress.deployment_options("api"), **callers))
+    callers = {"calls_per_caller": calls}
+    ensemble_app = versioned(ensemble.options(**cfg.ensemble.deployment_options("ensemble"), user_config=callers))
+    api = versioned(ingress.options(**cfg.ingress.deployment_options("api"), user_config=callers))
     return api.bind(ensemble_app.bind(members, doc), members, doc)
 
 

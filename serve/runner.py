@@ -363,7 +363,8 @@ def _wait_replicas(app: str, deployment: str, low: int, high: int, timeout_s: fl
     """Wait until ``deployment`` runs between ``low`` and ``high`` replicas, none starting or stopping."""
     deadline = time.monotonic() + timeout_s
     while True:
-        states = dict(ray_serve.status().applications[app].deployments[deployment].replica_states)
+        replica_states = ray_serve.status().applications[app].deployments[deployment].replica_states
+        states = {_text(state): count for state, count in replica_states.items()}
         running = int(states.pop("RUNNING", 0))
         if low <= running <= high and not any(states.values()):
             return running
