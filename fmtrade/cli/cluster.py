@@ -30,6 +30,9 @@ def _job_server(address: str | None) -> str:
 def up(
     workers: int = typer.Option(1, "--workers", min=0, help="Worker nodes besides the head."),
     cpus_per_node: float = typer.Option(1.0, "--cpus-per-node", min=0.1, help="CPUs each node advertises."),
+    head_cpus: float = typer.Option(
+        None, "--head-cpus", min=0, help="CPUs the head advertises (default --cpus-per-node; 0: tasks only on workers)."
+    ),
     port: int = typer.Option(6390, "--port", help="GCS port of the head."),
     dashboard_port: int = typer.Option(None, "--dashboard-port", help="Job server port [cluster.dashboard_port]."),
     dashboard_host: str = typer.Option(
@@ -43,7 +46,7 @@ def up(
     from fmtrade.cluster.local import LocalCluster
 
     port_of_dashboard = dashboard_port or settings().cluster.dashboard_port
-    cluster = LocalCluster(workers, cpus_per_node, port, port_of_dashboard, dashboard_host)
+    cluster = LocalCluster(workers, cpus_per_node, port, port_of_dashboard, dashboard_host, head_cpus)
     cluster.up()
     result = {"address": cluster.address, "dashboard": cluster.dashboard_url, "nodes": 1 + workers}
     if json_out:

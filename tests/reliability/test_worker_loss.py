@@ -72,9 +72,17 @@ def test_a_worker_node_killed_mid_job_changes_nothing_in_the_summary(tmp_path: P
     )  # fmt: skip
     assert synth.returncode == 0, synth.stderr[-2000:]
     # No CPUs on the head: every task runs on the two workers, so losing one loses work in flight.
-    cluster = LocalCluster(workers=2, cpus_per_node=1, head_cpus=0, gcs_port=free_port(), dashboard_port=free_port())
-    cluster.up()
+    cluster = LocalCluster(gcs_port=free_port(), dashboard_port=free_port())  # what `cluster up` starts
+    up = subprocess.run(
+        [sys.executable, "-m", "fmtrade", "cluster", "up", "--workers", "2", "--cpus-per-node", "1", "--head-cpus", "0",
+         "--port", str(cluster.gcs_port), "--dashboard-port", str(cluster.dashboard_port), "--json"],
+        capture_output=True, text=True, timeout=300,
+    )  # fmt: skip
+    assert up.returncode == 0, up.stderr[-2000:]
+    assert json.loads(up.stdout) == {"address": cluster.address, "dashboard": cluster.dashboard_url, "nodes": 3}
     try:
+        nodes = get_json(cluster.dashboard_url, "/api/v0/nodes?detail=1")["data"]["result"]["result"]
+        assert sorted(n["resources_total"].get("CPU", 0) for n in nodes) == [0, 1, 1]
         calm = _backtest(cluster, isolated_home, tmp_path / "calm")
         killed: list[int] = []
 
