@@ -13,7 +13,10 @@ one of the service.
 
 Targets (``ok`` in the JSON): zero errors, flat latency (the last window's p50 within 25% of the
 first's) and no replica growing its resident memory by 5% or more. The memory baseline is taken
-after the warm-up, so lazy first-request allocations are not counted as growth.
+after a warm-up at the full client count (``--warmup-s``, 60 s): the batches, buffers and
+connections of the soak's own load are allocated by then, so only growth under a steady load counts
+(a warm-up of 8 clients for 5 s left a first-minute step of 4-5% that then stayed flat). Each
+window reports every replica's resident memory, so settling and a leak can be told apart.
 
     .venv/bin/python bench/serve_soak.py [--model chronos-bolt-fm-tiny] [--clients 64]
         [--minutes 10 | --seconds 20] [--window-s 60] [--json]
@@ -67,27 +70,31 @@ def replica_rss(app: str) -> dict[str, int]:
     return out
 
 
-def cpu_snapshot(app: str) -> tuple[float, float]:
+Snapshot = tuple[float, float, dict[str, int]]
+
+
+def snapshot(app: str) -> Snapshot:
     """(busy CPU seconds of the whole machine, CPU seconds of ``app``'s Serve processes and this
-    load generator) so far: their difference is what other processes took from the run."""
+    load generator) so far, whose difference is what other processes took from the run, and each
+    replica's resident bytes now (growth that flattens is settling; growth that goes on is a leak)."""
     import psutil
 
     me = psutil.Process().cpu_times()
-    return busy_cpu_s(), sum(server_cpu_s(app).values()) + me.user + me.system
+    return busy_cpu_s(), sum(server_cpu_s(app).values()) + me.user + me.system, replica_rss(app)
 
 
 async def soak(
     url: str, clients: int, seconds: float, load: Load, app: str, window_s: float
-) -> tuple[list[tuple[float, float]], Counter[str], list[tuple[float, float]]]:
+) -> tuple[list[tuple[float, float]], Counter[str], list[Snapshot]]:
     """``clients`` closed-loop clients for ``seconds``: (finish time since start, latency s) of each
     answered request, every failed one counted by kind (a failure never stops its client), and a
-    :func:`cpu_snapshot` at the start and after each window."""
+    :func:`snapshot` at the start and after each window."""
     import aiohttp
 
     headers = {"content-type": "application/json"}
     done: list[tuple[float, float]] = []
     errors: Counter[str] = Counter()
-    samples = [cpu_snapshot(app)]
+    samples = [snapshot(app)]
     start = time.perf_counter()
     stop = start + seconds
 
@@ -113,17 +120,18 @@ async def soak(
     async def sampler() -> None:
         for w in range(1, max(1, int(np.ceil(seconds / window_s))) + 1):
             await asyncio.sleep(max(0.0, start + min(w * window_s, seconds) - time.perf_counter()))
-            samples.append(cpu_snapshot(app))
+            samples.append(snapshot(app))
 
     await asyncio.gather(closed_loop(clients, client), sampler())
     return done, errors, samples
 
 
 def windows(
-    done: list[tuple[float, float]], seconds: float, window_s: float, samples: list[tuple[float, float]]
+    done: list[tuple[float, float]], seconds: float, window_s: float, samples: list[Snapshot]
 ) -> list[dict[str, Any]]:
-    """Requests, throughput, p50/p99 latency (ms) of each ``window_s`` slice of the run, and the share
-    of the machine's CPU that other processes than the service and the load generator took in it."""
+    """Requests, throughput, p50/p99 latency (ms) of each ``window_s`` slice of the run, the share of
+    the machine's CPU that other processes than the service and the load generator took in it, and
+    each replica's resident memory at its end."""
     import psutil
 
     cores = psutil.cpu_count() or 1
@@ -134,23 +142,24 @@ def windows(
         ms = np.array([lat for t, lat in done if w * window_s <= t < (w + 1) * window_s or (last and t >= seconds)])
         ms *= 1000.0
         span = min(window_s, seconds - w * window_s)
-        others = None
+        others, rss = None, {}
         if w + 1 < len(samples):
-            (busy0, ours0), (busy1, ours1) = samples[w], samples[w + 1]
+            (busy0, ours0, _), (busy1, ours1, at_end) = samples[w], samples[w + 1]
             others = round(100.0 * max(0.0, (busy1 - busy0) - (ours1 - ours0)) / (span * cores), 1)
+            rss = {name: round(size / 2**20, 1) for name, size in at_end.items()}
         rows.append({
             "window": w, "start_s": round(w * window_s, 1), "requests": int(ms.size),
             "rps": round(ms.size / span, 2) if span > 0 else 0.0,
             "p50_ms": round(float(np.percentile(ms, 50)), 1) if ms.size else None,
             "p99_ms": round(float(np.percentile(ms, 99)), 1) if ms.size else None,
-            "other_processes_cpu_pct": others,
+            "other_processes_cpu_pct": others, "rss_mb": rss,
         })  # fmt: skip
     return rows
 
 
 def summarise(
     done: list[tuple[float, float]], errors: Counter[str], seconds: float, window_s: float,
-    before: dict[str, int], after: dict[str, int], samples: list[tuple[float, float]],
+    before: dict[str, int], after: dict[str, int], samples: list[Snapshot],
 ) -> dict[str, Any]:  # fmt: skip
     """The run's figures and whether each target was met."""
     rows = windows(done, seconds, window_s, samples)
@@ -196,7 +205,7 @@ def main() -> None:
     parser.add_argument(
         "--window-s", type=float, default=None, help="report window (default 60 s, or 1/4 of a short run)"
     )
-    parser.add_argument("--warmup-s", type=float, default=5.0)
+    parser.add_argument("--warmup-s", type=float, default=60.0, help="warm-up at the full client count")
     parser.add_argument("--context", type=int, default=512)
     parser.add_argument("--num-cpus", type=float, default=0.5, help="CPU share of the model replica")
     parser.add_argument("--max-batch", type=int, default=64)
@@ -229,7 +238,7 @@ def main() -> None:
     try:
         serve.start(http_options={"host": "127.0.0.1", "port": port})
         serve.run(build_app(app_args), name=APP, route_prefix=f"/{APP}", blocking=False)
-        asyncio.run(drive(url, min(args.clients, 8), args.warmup_s, load))  # lazy init in every hop
+        asyncio.run(drive(url, args.clients, args.warmup_s, load))  # the soak's own load: its allocations settle
         before = replica_rss(APP)
         print(f"soaking {url} with {args.clients} clients for {seconds:g}s ({len(before)} replicas)", file=sys.stderr)
         done, errors, samples = asyncio.run(soak(url, args.clients, seconds, load, APP, window_s))
