@@ -13,15 +13,17 @@ import os
 import tempfile
 from collections.abc import Callable
 from pathlib import Path
-from typing import IO, Any
+from typing import IO, TYPE_CHECKING, Any, TypeAlias
 
 import fsspec
 import pyarrow as pa
 import pyarrow.parquet as pq
-from upath import UPath
+
+if TYPE_CHECKING:  # only run directories need universal-pathlib; a lean install (make gpu-check) lacks it
+    from upath import UPath
 
 #: A local path, or an object-store URI / path object (``s3://bucket/key``).
-Target = str | os.PathLike[str] | UPath
+Target: TypeAlias = "str | os.PathLike[str] | UPath"
 
 
 def is_remote(uri: Target) -> bool:
