@@ -82,13 +82,6 @@ def upload_dir(local: Path, uri: str, last: str) -> str:
     return uri
 
 
-def join_uri(base: str, *parts: str) -> str:
-    """``base`` joined with ``parts``: a URI (``s3://...``) with ``/``, a local path as a path."""
-    if is_remote(base):
-        return "/".join([base.rstrip("/"), *parts])
-    return str(Path(base).expanduser().joinpath(*parts))
-
-
 def write_dir_atomic(path: str | os.PathLike[str], writer: Callable[[Path], Any]) -> Path:
     """Let ``writer`` fill a scratch directory beside ``path`` and rename it to ``path`` when complete
     (model checkpoints: several files that only make sense together). ``path`` must not exist yet."""

@@ -69,10 +69,10 @@ def build_graph(cfg: AppConfig, models: list[str], generation: str | None = None
     # @serve.deployment made Deployments of these classes; Ray's typing still sees the classes.
     model, ensemble, ingress = (cast(Deployment, d) for d in (ModelDeployment, EnsembleDeployment, Ingress))
 
+    version = None if generation is None else code_version(generation, doc)
+
     def versioned(deployment: Deployment) -> Deployment:
-        if generation is None:
-            return deployment
-        return with_code_version(deployment, code_version(generation, doc))
+        return deployment if version is None else with_code_version(deployment, version)
 
     members = {
         name: versioned(model.options(**cfg.options_for(name).deployment_options(f"model-{name}"))).bind(name, doc)

@@ -38,7 +38,7 @@ from fmtrade.data.store import Store
 from fmtrade.errors import InputError
 from fmtrade.evaluation import EvalParams, evaluate_symbol
 from fmtrade.forecasting import RANDOM_WALK
-from fmtrade.io import is_remote, join_uri, upload_dir
+from fmtrade.io import is_remote, upload_dir
 from fmtrade.jobs.ray_runtime import init_ray
 from fmtrade.models.checkpoints import ADAPTER_CONFIG
 from fmtrade.models.registry import active_specs, adapter_class, build_forecaster, resolve_checkpoint, select_specs
@@ -156,7 +156,7 @@ def finetune(settings: Settings, params: FinetuneParams) -> dict[str, Any]:
             runs.append({"adapter": name, "train_windows": train.count(), **{k: metrics.get(k) for k in _RUN_KEYS}})
         table = _table(settings, spec, closes, adapters, params, val_start)
         if is_remote(root):
-            adapters = {name: upload_dir(Path(path), join_uri(root, params.base, name), last=ADAPTER_CONFIG)
+            adapters = {name: upload_dir(Path(path), f"{root.rstrip('/')}/{params.base}/{name}", last=ADAPTER_CONFIG)
                         for name, path in adapters.items()}  # fmt: skip
     extra = {"tune": {"metric": "best_val_wql", "adapters": tuning}} if params.tune is not None else {}
     return {
