@@ -17,6 +17,7 @@ from ray.exceptions import AuthenticationError
 from ray.job_submission import JobSubmissionClient
 
 from fmtrade.cluster.local import ClusterError
+from fmtrade.errors import first_line
 
 TOKEN_FILE = Path("~/.ray/auth_token").expanduser()
 _TIMEOUT_S = 30.0
@@ -53,7 +54,7 @@ def client(address: str) -> JobSubmissionClient:
     try:
         return connect(address)
     except (ConnectionError, RuntimeError, AuthenticationError) as exc:
-        raise ClusterError(f"address: no job server answers at {address}: {_first_line(exc)}") from None
+        raise ClusterError(f"address: no job server answers at {address}: {first_line(exc)}") from None
 
 
 def get_json(address: str, path: str) -> Any:
@@ -62,7 +63,7 @@ def get_json(address: str, path: str) -> Any:
     try:
         response = httpx.get(url, headers=auth_headers(), timeout=_TIMEOUT_S)
     except httpx.HTTPError as exc:
-        raise ClusterError(f"address: no Ray dashboard answers at {address}: {_first_line(exc)}") from None
+        raise ClusterError(f"address: no Ray dashboard answers at {address}: {first_line(exc)}") from None
     if response.status_code in (401, 403):
         raise ClusterError(
             f"address: the dashboard at {address} refused this machine's token (HTTP {response.status_code}): "
@@ -71,7 +72,3 @@ def get_json(address: str, path: str) -> Any:
     if response.status_code != 200:
         raise ClusterError(f"address: GET {path} at {address} answered HTTP {response.status_code}")
     return response.json()
-
-
-def _first_line(exc: BaseException) -> str:
-    return next((line for line in str(exc).splitlines() if line.strip()), type(exc).__name__)

@@ -8,6 +8,12 @@ import copyreg
 from typing import Any
 
 
+def first_line(exc: BaseException) -> str:
+    """An error's first non-blank line (its type's name if it has none): the part of a library's
+    multi-line error worth one line of a user-facing message."""
+    return next((line for line in str(exc).splitlines() if line.strip()), type(exc).__name__)
+
+
 class FmtradeError(Exception):
     """Base of every error fmtrade reports to a user as a clear message."""
 

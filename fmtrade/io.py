@@ -11,13 +11,16 @@ from __future__ import annotations
 import json
 import os
 import tempfile
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
 from pathlib import Path
 from typing import IO, TYPE_CHECKING, Any, TypeAlias
 
 import fsspec
 import pyarrow as pa
 import pyarrow.parquet as pq
+
+from fmtrade.errors import InputError, first_line
 
 if TYPE_CHECKING:  # only run directories need universal-pathlib; a lean install (make gpu-check) lacks it
     from upath import UPath
@@ -67,6 +70,46 @@ def write_json_atomic(path: Target, obj: Any, indent: int = 2) -> None:
 
 def write_parquet_atomic(path: Target, table: pa.Table) -> None:
     atomic_write(path, lambda handle: pq.write_table(table, handle))
+
+
+PROBE = ".fmtrade-write-probe"
+
+
+def write_failure(target: Target, exc: BaseException) -> str:
+    """``cannot write to <target>: <the error's first line>`` (an object store's refusal, a full disk)."""
+    return f"cannot write to {target}: {first_line(exc)}"
+
+
+def check_writable(target: Target, field: str) -> None:
+    """Write and delete a small object under the directory ``target``, so a
+    destination that refuses writes fails before the work whose results it would hold, with
+    :class:`InputError` naming ``field``. Any failure counts: object-store clients raise their own
+    types (missing credentials, an unknown bucket) besides OSError."""
+    text = str(target)
+    try:
+        if is_remote(text):
+            fs, root = fsspec.core.url_to_fs(text)
+            fs.pipe_file(f"{root.rstrip('/')}/{PROBE}", b"")
+            fs.rm_file(f"{root.rstrip('/')}/{PROBE}")
+        else:  # probed where it would be created, so a run that fails leaves no empty directory
+            directory = Path(text.removeprefix("file://")).expanduser()
+            existing = next(p for p in (directory, *directory.parents) if p.exists())
+            if not existing.is_dir():
+                raise NotADirectoryError(f"{existing} is not a directory")
+            with tempfile.TemporaryFile(prefix=PROBE, dir=existing):
+                pass
+    except Exception as exc:
+        raise InputError(field, write_failure(target, exc)) from None
+
+
+@contextmanager
+def writes_to(target: Target, field: str) -> Iterator[None]:
+    """Turn a write under ``target`` that fails after :func:`check_writable` passed (a full disk,
+    a revoked key) into :class:`InputError` naming ``field``."""
+    try:
+        yield
+    except OSError as exc:
+        raise InputError(field, write_failure(target, exc)) from None
 
 
 def upload_dir(local: Path, uri: str, last: str) -> str:

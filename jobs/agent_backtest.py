@@ -38,6 +38,7 @@ from fmtrade.config import Settings
 from fmtrade.data.store import Store
 from fmtrade.ensemble import ENSEMBLE_NAME
 from fmtrade.errors import InputError
+from fmtrade.io import check_writable, writes_to
 from fmtrade.jobs.backtest import Job, PoolOptions, forecast_all
 from fmtrade.jobs.ray_runtime import get, init_ray
 from fmtrade.models.base import Forecast
@@ -161,5 +162,8 @@ def default_out(settings: Settings, config: BacktestConfig) -> Path:
 def run_and_write(
     job: AgentJob, out: str | Path | None = None, address: str | None = None
 ) -> tuple[AgentBacktestRun, UPath]:
+    target = out or default_out(job.settings, job.config)
+    check_writable(target, "out")
     result = execute(job, address)
-    return result, write_agent_run(result, out or default_out(job.settings, job.config))
+    with writes_to(target, "out"):
+        return result, write_agent_run(result, target)

@@ -41,8 +41,9 @@ from fmtrade.backtest.selection import ModelSelection, select_models
 from fmtrade.backtest.windows import Windows, plan_windows
 from fmtrade.config import Settings
 from fmtrade.data.store import Store
-from fmtrade.errors import InputError
-from fmtrade.jobs.ray_runtime import get, init_ray
+from fmtrade.errors import FmtradeError, InputError
+from fmtrade.io import check_writable, writes_to
+from fmtrade.jobs.ray_runtime import clear_error, get, init_ray
 from fmtrade.models.base import Forecast, Forecaster
 from fmtrade.models.registry import build_forecaster, is_available
 from fmtrade.walkforward import WalkForward
@@ -119,13 +120,116 @@ def check_models(factories: Mapping[str, ModelFactory], config: BacktestConfig, 
     return described
 
 
+def _slot(options: PoolOptions) -> tuple[str, float]:
+    """The resource an inference actor holds and how much of it."""
+    return ("GPU", 1.0) if options.use_gpu else ("CPU", options.num_cpus)
+
+
 def _pool_plan(options: PoolOptions, models: int) -> tuple[int, int]:
     """(actors per model, models live at once) such that every live actor fits the cluster at once:
     a pool waiting for slots held by another unfinished pool would deadlock both."""
-    resource, need = ("GPU", 1.0) if options.use_gpu else ("CPU", options.num_cpus)
+    resource, need = _slot(options)
     slots = max(1, int(ray.cluster_resources().get(resource, 0) // need))
     actors = max(1, min(options.actors, slots))
     return actors, max(1, min(models, slots // actors))
+
+
+def _outgrown(pools: Mapping[str, list], options: PoolOptions) -> bool:
+    """Whether the live actors need more than the cluster now has. After a node is lost, Ray
+    restarts its actors elsewhere, but while the survivors hold every slot those restarts wait
+    forever (the plan filled the cluster): the driver must re-plan, Ray will not."""
+    resource, need = _slot(options)
+    return sum(map(len, pools.values())) * need > ray.cluster_resources().get(resource, 0)
+
+
+# How long the driver waits on the pools without any result before it checks the cluster's capacity.
+STALL_CHECK_S = 10.0
+# Re-plans one job makes (a node lost, an actor lost for good) before it fails with the cause.
+MAX_REPLANS = 3
+
+
+class _Pools:
+    """The driver's side of inference: which models' actor pools are live, the chunk calls in
+    flight, the chunks forecast so far, and the re-plan when the cluster shrinks under them."""
+
+    def __init__(
+        self,
+        assets: Sequence[tuple[Market, Windows]],
+        factories: Mapping[str, ModelFactory],
+        config: BacktestConfig,
+        options: PoolOptions,
+        described: dict,
+    ) -> None:
+        self.assets, self.factories, self.config, self.options, self.described = (
+            assets, factories, config, options, described
+        )  # fmt: skip
+        # @ray.remote made an ActorClass of ForecastActor; Ray's typing still sees the class.
+        self.actor_cls = cast("ActorClass[ForecastActor]", ForecastActor).options(**_resources(options), **RETRIES)
+        self.per_model, self.live = _pool_plan(options, len(factories))
+        self.waiting = list(factories)
+        self.pools: dict[str, list] = {}
+        self.pending: dict = {}
+        self.parts: dict[str, list] = {}
+        self.spans: dict[str, dict[str, slice]] = {}
+        self.replans = 0
+
+    def fill(self) -> None:
+        """Start waiting models' pools while the plan has room for them."""
+        while self.waiting and len(self.pools) < self.live:
+            self._start(self.waiting.pop(0))
+
+    def _start(self, name: str) -> None:
+        actors = self.pools[name] = [self.actor_cls.remote(self.factories[name]) for _ in range(self.per_model)]
+        batch = collect_windows(self.assets, self.config.context, self.described[name]["covariates"])
+        self.spans[name] = batch.spans
+        size = self.options.chunk_size
+        chunks = [batch.rows(s, s + size) for s in range(0, len(batch), size)]
+        done = self.parts.setdefault(name, [None] * len(chunks))
+        todo = [k for k in range(len(chunks)) if done[k] is None]
+        horizon, levels = self.config.horizon, self.config.quantile_levels
+        for i, k in enumerate(todo):
+            ref = actors[i % self.per_model].forecast.remote(chunks[k], horizon, levels)
+            self.pending[ref] = (name, k, len(chunks[k]))
+
+    def collect(self, ref: ray.ObjectRef) -> int:
+        """Keep a finished call's forecast and return its row count (0 when its actor was lost
+        and the pools were re-planned); release the model's pool when its last chunk is in."""
+        name, k, rows = self.pending.pop(ref)
+        try:
+            self.parts[name][k] = ray.get(ref)
+        except ray.exceptions.RayActorError as exc:
+            self.replan(f"an inference actor of {name} was lost", exc)
+            return 0
+        except ray.exceptions.RayError as exc:
+            raise clear_error(exc) from None
+        if all(p is not None for p in self.parts[name]):
+            self.release(name)
+        return rows
+
+    def stalled(self) -> None:
+        """No call finished for a while: re-plan if the live pools no longer fit the cluster."""
+        if _outgrown(self.pools, self.options):
+            self.replan("the cluster lost capacity", FmtradeError("the cluster kept losing capacity"))
+
+    def replan(self, cause: str, error: Exception) -> None:
+        """Release the live pools and plan again for the cluster as it is now (``error`` once the
+        job has re-planned :data:`MAX_REPLANS` times)."""
+        if self.replans == MAX_REPLANS:
+            raise (clear_error(error) if isinstance(error, ray.exceptions.RayError) else error) from None
+        self.replans += 1
+        log.warning("%s: re-planning inference for %s", cause, ", ".join(self.pools))
+        self.waiting[:0] = list(self.pools)
+        self.close()
+        self.per_model, self.live = _pool_plan(self.options, len(self.waiting))
+
+    def release(self, name: str) -> None:
+        for handle in self.pools.pop(name):
+            ray.kill(handle)
+        self.pending = {ref: call for ref, call in self.pending.items() if call[0] != name}
+
+    def close(self) -> None:
+        for name in list(self.pools):
+            self.release(name)
 
 
 def forecast_all(
@@ -138,44 +242,25 @@ def forecast_all(
     """``{model: {symbol: Forecast}}`` for every window of every asset, inference in actor pools.
 
     As many pools run side by side as the cluster holds; when a model's last chunk returns its
-    actors are released and the next model's pool starts."""
-    described = check_models(factories, config, options)
-    per_model, live = _pool_plan(options, len(factories))
-    # @ray.remote made an ActorClass of ForecastActor; Ray's typing still sees the class.
-    actor_cls = cast("ActorClass[ForecastActor]", ForecastActor).options(**_resources(options), **RETRIES)
-    waiting = list(factories)
-    pools: dict[str, list] = {}
-    pending: dict = {}
-    parts: dict[str, list] = {}
-    spans: dict[str, dict[str, slice]] = {}
-
-    def start(name: str) -> None:
-        actors = pools[name] = [actor_cls.remote(factories[name]) for _ in range(per_model)]
-        batch = collect_windows(assets, config.context, described[name]["covariates"])
-        spans[name] = batch.spans
-        chunks = [batch.rows(s, s + options.chunk_size) for s in range(0, len(batch), options.chunk_size)]
-        parts[name] = [None] * len(chunks)
-        for k, chunk in enumerate(chunks):
-            ref = actors[k % per_model].forecast.remote(chunk, config.horizon, config.quantile_levels)
-            pending[ref] = (name, k, len(chunk))
-
+    actors are released and the next model's pool starts. Ray restarts an actor that dies and
+    retries its call; when that cannot work (its node is gone and the call's retries are spent,
+    or the cluster shrank below what the live pools hold) the live pools are released and
+    re-planned for the cluster that is left: chunks already forecast are kept, the rest are
+    forecast again, and since calls are pure the results are the same."""
+    pools = _Pools(assets, factories, config, options, check_models(factories, config, options))
     try:
-        while waiting or pending:
-            while waiting and len(pools) < live:
-                start(waiting.pop(0))
-            done, _ = ray.wait(list(pending), num_returns=1)
-            name, k, rows = pending.pop(done[0])
-            parts[name][k] = get(done[0])
-            if all(p is not None for p in parts[name]):
-                for handle in pools.pop(name):
-                    ray.kill(handle)
-            if progress is not None:
+        while pools.waiting or pools.pending:
+            pools.fill()
+            done, _ = ray.wait(list(pools.pending), num_returns=1, timeout=STALL_CHECK_S)
+            if not done:
+                pools.stalled()
+                continue
+            rows = pools.collect(done[0])
+            if progress is not None and rows:
                 progress(rows)
-        return {name: split_by_asset(Forecast.concat(p), spans[name]) for name, p in parts.items()}
+        return {name: split_by_asset(Forecast.concat(p), pools.spans[name]) for name, p in pools.parts.items()}
     finally:
-        for actors in pools.values():
-            for handle in actors:
-                ray.kill(handle)
+        pools.close()
 
 
 def run_backtest(
@@ -269,10 +354,13 @@ class _LogProgress:
 
 
 def run_and_write(job: Job, out: str | Path | None = None, address: str | None = None) -> tuple[BacktestRun, UPath]:
-    """Execute ``job`` with a progress bar over windows on stderr and write the run directory."""
+    """Execute ``job`` with a progress bar over windows on stderr and write the run directory
+    (checked writable first: a refusing destination fails before the run, not after it)."""
     from rich.console import Console
     from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeRemainingColumn
 
+    target = out or default_out(job.settings, job.config)
+    check_writable(target, "out")
     console = Console(stderr=True)
     if not console.is_terminal:
         run = execute(job, address, progress=_LogProgress(job.windows))
@@ -281,4 +369,5 @@ def run_and_write(job: Job, out: str | Path | None = None, address: str | None =
         with Progress(*columns, console=console) as bar:
             task = bar.add_task("windows", total=job.windows)
             run = execute(job, address, progress=lambda n: bar.advance(task, n))
-    return run, write_run(run, out or default_out(job.settings, job.config))
+    with writes_to(target, "out"):
+        return run, write_run(run, target)

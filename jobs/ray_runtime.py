@@ -42,7 +42,7 @@ from typing import TYPE_CHECKING, Any
 import ray
 from packaging.specifiers import SpecifierSet
 
-from fmtrade.errors import FmtradeError
+from fmtrade.errors import FmtradeError, first_line
 
 if TYPE_CHECKING:
     from ray.serve import Deployment
@@ -172,18 +172,20 @@ def secure_local_defaults(kwargs: dict[str, Any]) -> None:
 
 
 def get(refs: Any) -> Any:
-    """``ray.get`` that re-raises a remote FmtradeError as itself (its type, message and fields:
-    :meth:`FmtradeError.__reduce__` carries them across), and turns a worker lost for good into
-    one clear FmtradeError."""
+    """``ray.get`` that raises what :func:`clear_error` makes of a remote failure."""
     try:
         return ray.get(refs)
-    except ray.exceptions.RayTaskError as exc:
-        if isinstance(exc.cause, FmtradeError):
-            raise exc.cause from None
-        raise
-    except ray.exceptions.RayError as exc:  # a worker died (out of memory, node lost) after its retries
-        first = next((line for line in str(exc).splitlines() if line.strip()), type(exc).__name__)
-        raise FmtradeError(f"Ray worker failed: {first}") from None
+    except ray.exceptions.RayError as exc:
+        raise clear_error(exc) from None
+
+
+def clear_error(exc: ray.exceptions.RayError) -> Exception:
+    """A remote FmtradeError as itself (its type, message and fields: :meth:`FmtradeError.__reduce__`
+    carries them across), a worker lost for good (out of memory, node lost, after its retries) as
+    one clear FmtradeError, any other task error unchanged."""
+    if isinstance(exc, ray.exceptions.RayTaskError):
+        return exc.cause if isinstance(exc.cause, FmtradeError) else exc
+    return FmtradeError(f"Ray worker failed: {first_line(exc)}")
 
 
 # Ray Serve's throughput settings ----------------------------------------------------------------

@@ -58,6 +58,26 @@ def test_bad_input_exits_2_with_one_clear_line_and_no_work(store, tmp_path, caps
     assert not out_dir.exists() and not ray.is_initialized()
 
 
+def _backtest_to(store: str, out: str, capsys: pytest.CaptureFixture[str]) -> tuple[int, str, str]:
+    return run_cli(["backtest", *BASE, "--symbols", ",".join(SYMBOLS), "--store", store, "--out", out], capsys)
+
+
+def test_backtest_out_under_a_file_fails_before_the_run(store, tmp_path, capsys):
+    (tmp_path / "file").write_text("x")
+    code, out, err = _backtest_to(store, str(tmp_path / "file" / "run"), capsys)
+    assert code == 2 and out == ""
+    assert err == f"error: out: cannot write to {tmp_path / 'file' / 'run'}: {tmp_path / 'file'} is not a directory\n"
+    assert not ray.is_initialized()
+
+
+def test_backtest_out_on_a_missing_bucket_fails_before_the_run(store, s3_root, capsys):
+    code, out, err = _backtest_to(store, "s3://no-such-bucket/runs/x", capsys)
+    assert code == 2 and out == ""
+    assert err.startswith("error: out: cannot write to s3://no-such-bucket/runs/x: ") and err.count("\n") == 1, err
+    assert "Traceback" not in err and "test" not in err.split(": ", 3)[-1]  # no credential in the message
+    assert not ray.is_initialized()
+
+
 @pytest.fixture(scope="module")
 def local_ray():
     init_ray("local", num_cpus=2)

@@ -24,6 +24,7 @@ directory serve's multiplexing loads with the adapter's ``adapter=`` option.
 
 from __future__ import annotations
 
+import shutil
 import tempfile
 import time
 from dataclasses import dataclass
@@ -38,7 +39,7 @@ from fmtrade.data.store import Store
 from fmtrade.errors import InputError
 from fmtrade.evaluation import EvalParams, evaluate_symbol
 from fmtrade.forecasting import RANDOM_WALK
-from fmtrade.io import is_remote, upload_dir
+from fmtrade.io import check_writable, is_remote, upload_dir, write_failure
 from fmtrade.jobs.ray_runtime import init_ray
 from fmtrade.models.checkpoints import ADAPTER_CONFIG
 from fmtrade.models.registry import active_specs, adapter_class, build_forecaster, resolve_checkpoint, select_specs
@@ -105,6 +106,8 @@ def finetune(settings: Settings, params: FinetuneParams) -> dict[str, Any]:
     spec = select_specs(active_specs(settings), [params.base], field="base")[0]
     if spec.family not in FAMILIES:
         raise InputError("base", f"{params.base} is a {spec.family} model; fine-tuning needs one of {FAMILIES}")
+    root = str(params.adapters_root or adapters_root(settings))
+    check_writable(root, "out")  # before any work: a refusing destination must not cost a training run
     checkpoint = str(resolve_checkpoint(spec, settings))
     store = Store(settings.store_uri(params.store))
     closes = {s: load_closes(store, s, params.interval, params.category) for s in params.symbols}
@@ -116,7 +119,6 @@ def finetune(settings: Settings, params: FinetuneParams) -> dict[str, Any]:
     if params.horizon > geometry.horizon:
         raise InputError("horizon", f"{params.horizon} exceeds the {spec.family} training horizon {geometry.horizon}")
     init_ray(settings.cluster.address, settings.cluster.num_cpus)
-    root = str(params.adapters_root or adapters_root(settings))
     # An object-store root: published and evaluated in a scratch directory, then uploaded.
     with tempfile.TemporaryDirectory(prefix="fmtrade-adapters-") as scratch_root:
         local_root = Path(scratch_root) if is_remote(root) else Path(root).expanduser()
@@ -156,14 +158,27 @@ def finetune(settings: Settings, params: FinetuneParams) -> dict[str, Any]:
             runs.append({"adapter": name, "train_windows": train.count(), **{k: metrics.get(k) for k in _RUN_KEYS}})
         table = _table(settings, spec, closes, adapters, params, val_start)
         if is_remote(root):
-            adapters = {name: upload_dir(Path(path), f"{root.rstrip('/')}/{params.base}/{name}", last=ADAPTER_CONFIG)
-                        for name, path in adapters.items()}  # fmt: skip
+            adapters = _upload(adapters, root, params.base, settings.runs_dir())
     extra = {"tune": {"metric": "best_val_wql", "adapters": tuning}} if params.tune is not None else {}
     return {
         "base": params.base, "mode": params.mode, "val_start": val_start.isoformat(), "adapters": adapters,
         "trainable_params": runs[0]["trainable_params"], "total_params": runs[0]["total_params"],
         "runs": runs, "table": table, **extra, "seconds": round(time.perf_counter() - started, 1),
     }  # fmt: skip
+
+
+def _upload(adapters: dict[str, str], root: str, base: str, runs_dir: Path) -> dict[str, str]:
+    """Upload each trained adapter under ``root/base``; when the object store refuses, the adapters
+    are copied to a new directory under ``runs_dir`` (the scratch copy is about to go) and the
+    error says where, so a failed upload never loses a finished training run."""
+    try:
+        return {name: upload_dir(Path(path), f"{root.rstrip('/')}/{base}/{name}", last=ADAPTER_CONFIG)
+                for name, path in adapters.items()}  # fmt: skip
+    except OSError as exc:
+        kept = runs_dir / f"finetune-{base}-adapters-{time.strftime('%Y%m%d-%H%M%S')}"
+        for name, path in adapters.items():
+            shutil.copytree(path, kept / name)
+        raise InputError("out", f"{write_failure(root, exc)}; the trained adapters are kept in {kept}") from None
 
 
 _RUN_KEYS = (

@@ -17,6 +17,7 @@ from fmtrade.cluster.dashboard import get_json
 from fmtrade.cluster.local import WORKER_RESOURCE, LocalCluster
 from fmtrade.cluster.submit import submit
 from tests.conftest import free_port
+from tests.reliability.conftest import kill_node
 
 pytestmark = pytest.mark.slow
 
@@ -39,17 +40,6 @@ def _busy(raylet: psutil.Process) -> bool:
         return any(any(w in " ".join(c.cmdline()) for w in WORK) for c in raylet.children(recursive=True))
     except psutil.NoSuchProcess:
         return False
-
-
-def _kill_node(raylet: psutil.Process) -> None:
-    """SIGKILL a node: its raylet and everything it started, at once, as a lost machine would."""
-    tree = [raylet, *raylet.children(recursive=True)]
-    for proc in tree:
-        try:
-            proc.kill()
-        except psutil.NoSuchProcess:
-            continue
-    psutil.wait_procs(tree, timeout=30)
 
 
 def _backtest(cluster: LocalCluster, home: Path, out: Path) -> dict:
@@ -92,7 +82,7 @@ def test_a_worker_node_killed_mid_job_changes_nothing_in_the_summary(tmp_path: P
                 for raylet in _worker_raylets(cluster):
                     if _busy(raylet):
                         killed.append(raylet.pid)
-                        _kill_node(raylet)
+                        kill_node(raylet)
                         return
                 time.sleep(0.2)
 
