@@ -6,6 +6,7 @@ import socket
 from pathlib import Path
 
 import httpx
+import psutil
 import pytest
 
 REPO = Path(__file__).resolve().parents[1]
@@ -25,6 +26,18 @@ def free_port() -> int:
     with socket.socket() as sock:
         sock.bind(("127.0.0.1", 0))
         return int(sock.getsockname()[1])
+
+
+def kill_node(raylet: psutil.Process) -> None:
+    """SIGKILL a Ray node: its raylet and everything it started, at once, as a lost machine would
+    (killing the raylet alone leaves its workers running their calls for a while)."""
+    tree = [raylet, *raylet.children(recursive=True)]
+    for proc in tree:
+        try:
+            proc.kill()
+        except psutil.NoSuchProcess:
+            continue
+    psutil.wait_procs(tree, timeout=30)
 
 
 @pytest.fixture

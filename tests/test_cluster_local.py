@@ -128,7 +128,7 @@ def test_serve_down_deletes_only_fmtrades_applications_from_a_cluster(tmp_path: 
     returns once ready; it used to go on in the foreground until Ctrl-C). ``down --config`` deletes
     the named file's application and leaves the other one and Serve answering; ``down`` then
     deletes the one ``up`` recorded last. It used to shut Serve down on the whole cluster, with
-    Ray's "graceful_shutdown failed" warning on the terminal."""
+    Ray's "graceful_shutdown failed" warning on the terminal. ``cluster status`` shows both."""
     port = free_port()
     url = f"http://127.0.0.1:{port}"
 
@@ -151,6 +151,16 @@ def test_serve_down_deletes_only_fmtrades_applications_from_a_cluster(tmp_path: 
             up = _fmtrade("serve", "up", "--address", cluster.address, "--config", file, "--json", env=ray_env())
             assert up.returncode == 0, up.stderr[-2000:]
         assert httpx.get(f"{url}/readyz").status_code == httpx.get(f"{url}/other/readyz").status_code == 200
+        # `cluster status` shows each application, its deployments and their replicas.
+        status = json.loads(_fmtrade("cluster", "status", "--address", cluster.dashboard_url, "--json").stdout)
+        assert set(status["serve"]) == {"fmtrade", "other"}
+        app = status["serve"]["other"]
+        assert app["status"] == "RUNNING" and app["route_prefix"] == "/other"
+        assert set(app["deployments"]) == {"model-random-walk", "ensemble", "api"}
+        for name, dep in app["deployments"].items():
+            assert dep["status"] == "HEALTHY" and dep["replicas"] == {"RUNNING": dep["target_replicas"]}, name
+        text = _fmtrade("cluster", "status", "--address", cluster.dashboard_url).stdout
+        assert "other: RUNNING" in text and "model-random-walk: HEALTHY (running 1)" in text
 
         down = _fmtrade("serve", "down", "--address", cluster.address, "--config", first, "--json", env=ray_env())
         assert down.returncode == 0, down.stderr[-2000:]

@@ -173,29 +173,3 @@ def test_status_of_nothing_is_a_clear_error() -> None:
     assert done.stderr.strip().splitlines()[-1].startswith("error: address: no Ray dashboard answers at")
     jobs = _fmtrade("cluster", "jobs", "--address", f"http://127.0.0.1:{free_port()}")
     assert jobs.returncode == 2 and jobs.stderr.strip().splitlines()[-1].startswith("error: address: no job server")
-
-
-@pytest.mark.slow
-def test_status_shows_serve_applications_and_replicas_per_deployment(cluster: LocalCluster, tmp_path: Path) -> None:
-    config = tmp_path / "serve.yaml"
-    small = {"num_cpus": 0.1}
-    config.write_text(yaml.safe_dump({
-        "http_options": {"host": "127.0.0.1", "port": free_port()},
-        "applications": [{"name": "fmtrade", "import_path": "fmtrade.serve.app:build_app", "route_prefix": "/",
-                          "args": {"models": ["random-walk"], "model_defaults": small, "ensemble": small,
-                                   "ingress": small}}],
-    }))  # fmt: skip
-    up = _fmtrade("serve", "up", "--address", cluster.address, "--config", str(config), "--json")
-    assert up.returncode == 0, up.stderr[-2000:]
-    try:
-        status = _json(_fmtrade("cluster", "status", "--address", cluster.dashboard_url, "--json"))
-        app = status["serve"]["fmtrade"]
-        assert app["status"] == "RUNNING" and app["route_prefix"] == "/"
-        assert set(app["deployments"]) == {"model-random-walk", "ensemble", "api"}
-        for name, dep in app["deployments"].items():
-            assert dep["status"] == "HEALTHY" and dep["replicas"] == {"RUNNING": dep["target_replicas"]}, name
-        text = _fmtrade("cluster", "status", "--address", cluster.dashboard_url)
-        assert "fmtrade: RUNNING" in text.stdout and "model-random-walk: HEALTHY (running 1)" in text.stdout
-    finally:
-        down = _fmtrade("serve", "down", "--address", cluster.address, "--config", str(config), "--json")
-        assert down.returncode == 0, down.stderr[-2000:]

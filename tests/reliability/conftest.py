@@ -14,7 +14,6 @@ from pathlib import Path
 from typing import Any
 
 import httpx
-import psutil
 import pytest
 
 from tests.conftest import free_port
@@ -22,18 +21,6 @@ from tests.conftest import free_port
 HEALTHY = ["random-walk", "naive"]
 BROKEN = "chronos-bolt-fm-tiny"
 SYMBOL = "SYNAUSDT"
-
-
-def kill_node(raylet: psutil.Process) -> None:
-    """SIGKILL a Ray node: its raylet and everything it started, at once, as a lost machine would
-    (killing the raylet alone leaves its workers running their calls for a while)."""
-    tree = [raylet, *raylet.children(recursive=True)]
-    for proc in tree:
-        try:
-            proc.kill()
-        except psutil.NoSuchProcess:
-            continue
-    psutil.wait_procs(tree, timeout=30)
 
 
 def truncate(path: Path, keep: float = 0.5) -> None:

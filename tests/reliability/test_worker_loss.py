@@ -16,8 +16,7 @@ import pytest
 from fmtrade.cluster.dashboard import get_json
 from fmtrade.cluster.local import WORKER_RESOURCE, LocalCluster
 from fmtrade.cluster.submit import submit
-from tests.conftest import free_port
-from tests.reliability.conftest import kill_node
+from tests.conftest import free_port, kill_node
 
 pytestmark = pytest.mark.slow
 
@@ -45,7 +44,7 @@ def _busy(raylet: psutil.Process) -> bool:
 def _backtest(cluster: LocalCluster, home: Path, out: Path) -> dict:
     entrypoint = (
         f"python -m fmtrade backtest --symbols {SYMBOLS} --models random-walk,naive,theta,ensemble "
-        f"--start 2022-02-10 --end 2022-04-05 --out {out} --json"
+        f"--start 2022-02-10 --end 2022-03-08 --out {out} --json"
     )
     job = home.parent / "job"
     job.mkdir(exist_ok=True)

@@ -20,7 +20,7 @@ from ray.cluster_utils import Cluster
 from fmtrade.backtest.windows import plan_windows
 from fmtrade.jobs.backtest import PoolOptions, forecast_all
 from tests.backtest_support import DriftForecaster, synthetic_markets
-from tests.reliability.conftest import kill_node
+from tests.conftest import kill_node
 from tests.test_backtest_results import CONFIG
 
 pytestmark = pytest.mark.slow
