@@ -144,8 +144,9 @@ def _outgrown(pools: Mapping[str, list], options: PoolOptions) -> bool:
 
 # How long the driver waits on the pools without any result before it checks the cluster's capacity.
 STALL_CHECK_S = 10.0
-# Re-plans one job makes (a node lost, an actor lost for good) before it fails with the cause.
-MAX_REPLANS = 3
+# Re-plans one job makes before it fails with the cause. One lost node takes two (its actors' calls
+# fail, then the cluster's capacity drops a few seconds later, once the GCS marks the node dead).
+MAX_REPLANS = 5
 
 
 class _Pools:
