@@ -199,7 +199,7 @@ class _Pools:
         try:
             self.parts[name][k] = ray.get(ref)
         except ray.exceptions.RayActorError as exc:
-            self.replan(f"an inference actor of {name} was lost", exc)
+            self.replan(f"an inference actor of {name} was lost", clear_error(exc))
             return 0
         except ray.exceptions.RayError as exc:
             raise clear_error(exc) from None
@@ -213,10 +213,10 @@ class _Pools:
             self.replan("the cluster lost capacity", FmtradeError("the cluster kept losing capacity"))
 
     def replan(self, cause: str, error: Exception) -> None:
-        """Release the live pools and plan again for the cluster as it is now (``error`` once the
-        job has re-planned :data:`MAX_REPLANS` times)."""
+        """Release the live pools and plan again for the cluster as it is now (raise ``error`` once
+        the job has re-planned :data:`MAX_REPLANS` times)."""
         if self.replans == MAX_REPLANS:
-            raise (clear_error(error) if isinstance(error, ray.exceptions.RayError) else error) from None
+            raise error from None
         self.replans += 1
         log.warning("%s: re-planning inference for %s", cause, ", ".join(self.pools))
         self.waiting[:0] = list(self.pools)
